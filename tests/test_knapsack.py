@@ -1,0 +1,218 @@
+"""Knapsack pipeline: surrogate, multiplier, AR, labels against brute force, an end-to-end run."""
+import itertools
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import common
+import knapsack_ldf as ks
+
+
+# ---------------------------------------------------------------- rounding surrogate (eq. 13)
+def test_round_surrogate_forward_rounds():
+    p = torch.tensor([0.0, 0.2, 0.49, 0.51, 0.8, 1.0])
+    assert torch.equal(common.round_surrogate(p), torch.tensor([0.0, 0, 0, 1, 1, 1]))
+
+
+@pytest.mark.parametrize("k", [1.0, 25.0, 60.0])
+def test_round_surrogate_gradient_is_sigmoid_slope(k):
+    """The backward pass is the exact derivative of sigmoid(k (p - 0.5)), which gradcheck verifies
+    against finite differences in float64."""
+    p = torch.rand(64, dtype=torch.float64, requires_grad=True)
+    smooth = lambda q: torch.sigmoid(k * (q - 0.5))
+    assert torch.autograd.gradcheck(smooth, (p,))
+    g = torch.randn(64, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(common.round_surrogate(p, k), p, g)
+    (want,) = torch.autograd.grad(smooth(p), p, g)
+    torch.testing.assert_close(ours, want, rtol=1e-10, atol=1e-12)
+
+
+def test_sigmoid_slope_finite_where_thesis_form_is_nan():
+    d = torch.tensor([-500.0, -50.0, 0.0, 50.0, 500.0])
+    thesis = 20 * torch.exp(-20 * d) / (torch.exp(-20 * d) + 1) ** 2
+    ours = common.sigmoid_slope(d, torch.zeros(()), 20.0)
+    assert torch.isnan(thesis).any()
+    assert torch.isfinite(ours).all() and (ours >= 0).all()
+    assert ours[2] == pytest.approx(5.0)       # k/4 at the centre
+
+
+# ---------------------------------------------------------------- multiplier and mu-loss
+def test_subgradient_step():
+    assert common.subgradient_step(1.0, 1e-3, 50.0) == pytest.approx(1.05)
+    assert common.subgradient_step(1.0, 0.0, 50.0) == 1.0
+    assert common.subgradient_step(0.1, 1.0, -5.0) == 0.0      # a multiplier of an inequality stays >= 0
+
+
+def test_mu_loss():
+    assert common.mu_loss([1.0, 3.0], [0.0, 0.5], 10.0) == pytest.approx((1 + 3 + 5) / 2)
+
+
+# ---------------------------------------------------------------- approximation ratio (eq. 14, 17)
+def test_approximation_ratio_edge_cases():
+    ar = common.approximation_ratio([0.0, 0.0, 5.0, 4.0, 10.0], [0.0, 3.0, 0.0, 8.0, 8.0])
+    np.testing.assert_allclose(ar, [1.0, 2.0, 2.0, 2.0, 1.25])
+
+
+def test_gap_aware_approximation_ratio():
+    # label 100 proven within 10 %: optimum in [90, 100], middle 95
+    ar = common.approximation_ratio([95.0, 96.0, 100.0, 80.0], [100.0] * 4, gap=[0.1] * 4)
+    np.testing.assert_allclose(ar, [100 / 95, 96 / 90, 100 / 90, 100 / 80])
+
+
+# ---------------------------------------------------------------- labels
+def brute_force(w, v, capacity):
+    best, best_x = -1.0, None
+    for bits in itertools.product([0, 1], repeat=len(w)):
+        x = np.array(bits, dtype=float)
+        if x @ w <= capacity and x @ v > best:
+            best, best_x = x @ v, x
+    return best, best_x
+
+
+def solvers():
+    out = ["ortools"]
+    try:
+        import gurobipy  # noqa: F401
+        out.append("gurobi")
+    except ImportError:
+        pass
+    return out
+
+
+@pytest.mark.parametrize("solver", ["ortools", "gurobi"])
+def test_labels_equal_brute_force(solver):
+    if solver not in solvers():
+        pytest.skip("gurobipy is not installed")
+    w, v, capacity = ks.make_instances(12, 12, seed=3)
+    solve = ks.solve_gurobi if solver == "gurobi" else ks.solve_ortools
+    for i in range(len(w)):
+        x = solve(w[i], v[i], capacity[i]).astype(float)
+        best, _ = brute_force(w[i], v[i], capacity[i])
+        assert x @ w[i] <= capacity[i]
+        assert x @ v[i] == pytest.approx(best, rel=1e-9, abs=1e-9)
+
+
+def test_labels_resume_after_interrupt(tmp_path):
+    w, v, capacity = ks.make_instances(15, 40, seed=1)
+    folder = tmp_path / "labels"
+    x1, opt1, _ = ks.make_labels(w, v, capacity, folder, "ortools", workers=1, chunk=10)
+    chunks = sorted(os.listdir(folder))
+    assert len(chunks) == 4
+    os.remove(folder / chunks[2])                # as if interrupted before the third chunk was written
+    before = {c: os.path.getmtime(folder / c) for c in chunks if c != chunks[2]}
+    x2, opt2, _ = ks.make_labels(w, v, capacity, folder, "ortools", workers=1, chunk=10)
+    assert {c: os.path.getmtime(folder / c) for c in before} == before     # solved chunks were not redone
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(opt1, opt2)
+
+
+def test_instances_cover_capacities():
+    w, v, capacity = ks.make_instances(10, 99, seed=0)
+    alpha = capacity / w.sum(1)
+    np.testing.assert_allclose(alpha, np.arange(1, 100) / 100)
+    s = ks.split(99, seed=0)
+    assert sorted(np.concatenate(list(s.values())).tolist()) == list(range(99))
+
+
+def test_greedy_is_feasible_and_scans_past_misfits():
+    w = np.array([[0.5, 0.6, 0.1]])
+    v = np.array([[1.0, 0.9, 0.1]])
+    x = ks.greedy(w, v, np.array([0.65]))       # takes item 0, skips item 1 (too heavy), takes item 2
+    np.testing.assert_array_equal(x, [[1, 0, 1]])
+
+
+# ---------------------------------------------------------------- end to end
+def tiny(tmp_path, *extra):
+    return ["--items", "20", "--instances", "300", "--epochs", "3", "--workers", "1",
+            "--data-dir", str(tmp_path / "data"), *extra]
+
+
+def test_end_to_end_table_matches_saved_predictions(tmp_path):
+    out = tmp_path / "ldf"
+    ks.main(tiny(tmp_path, "--out", str(out), "--step", "1e-3"))
+    res = json.loads((out / "results.json").read_text())
+    ck = torch.load(out / "ldf.pt", weights_only=False)
+    # recompute the test metrics from the saved checkpoint, independently of the report code
+    w, v, capacity = ks.make_instances(20, 300, seed=0)
+    x, _, _ = ks.make_labels(w, v, capacity, tmp_path / "data" / "knapsack" / "n20_S300_seed0" / "labels_ortools",
+                             "ortools", workers=1)
+    rows = ks.split(300, 0)["test"]
+    model = ks.make_model(20)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    raw = torch.tensor(np.concatenate([w, v, capacity[:, None]], 1)[rows], dtype=torch.float32)
+    with torch.no_grad():
+        pred = (torch.sigmoid(model((raw - ck["norm"]["mean"]) / ck["norm"]["std"])) > 0.5).double().numpy()
+    load, value, opt = (pred * w[rows]).sum(1), (pred * v[rows]).sum(1), (x[rows] * v[rows]).sum(1)
+    violated = load > capacity[rows]
+    ar = [max(a / b, b / a) if a > 0 and b > 0 else (1.0 if a == b else 2.0) for a, b in zip(value, opt)]
+    assert res["test"]["all"]["n"] == len(rows) == 30
+    assert res["test"]["all"]["pct_violated"] == pytest.approx(100 * violated.mean())
+    assert res["test"]["all"]["ar"] == pytest.approx(np.mean(ar))
+    assert sum(q["n"] for q in res["test"]["quintiles"]) == 30
+    assert res["greedy"]["all"]["pct_violated"] == 0.0
+    assert res["greedy"]["all"]["ar"] >= 1.0
+    # the multiplier moved by exactly s * (sum of hard-rounded training violations) after each epoch
+    hist = res["history"]
+    assert hist[0]["multiplier"] > 1.0
+    for name in ["fig1_surrogate.png", "training_curves.png", "last.pt", "best_ar.pt", "best_mu10.pt"]:
+        assert (out / name).exists(), name
+
+
+def test_multiplier_update_uses_training_violation(tmp_path):
+    out = tmp_path / "ldf"
+    ks.main(tiny(tmp_path, "--out", str(out), "--step", "1e-2", "--epochs", "1"))
+    ck = torch.load(out / "last.pt", weights_only=False)
+    data = ks.load_data(ks.parse_args(tiny(tmp_path)))
+    model = ks.make_model(20)
+    model.load_state_dict(ck["model"])
+    raw = ks.features(data)
+    tr = data["split"]["train"]
+    xhat = (ks.predict(model, (raw[tr] - ck["norm"]["mean"]) / ck["norm"]["std"]) > 0).float()
+    nu_sum = ks.violation(xhat, raw[tr, :20], raw[tr, 40]).sum().item()
+    assert ck["multiplier"] == pytest.approx(1.0 + 1e-2 * nu_sum, rel=1e-5)
+
+
+def test_pretrained_and_resume(tmp_path):
+    fc = tmp_path / "fc"
+    ks.main(tiny(tmp_path, "--model", "fc", "--out", str(fc), "--epochs", "2"))
+    assert (fc / "fc.pt").exists()
+    out = tmp_path / "pre"
+    ks.main(tiny(tmp_path, "--pretrained", str(fc / "fc.pt"), "--out", str(out), "--epochs", "1"))
+    ks.main(tiny(tmp_path, "--pretrained", str(fc / "fc.pt"), "--out", str(out), "--epochs", "2"))
+    res = json.loads((out / "results.json").read_text())
+    assert [h["epoch"] for h in res["history"]] == [1, 2]      # the second call resumed, not restarted
+    assert res["model"] == "ldf-pretrained"
+    with pytest.raises(SystemExit, match="--fresh"):
+        ks.main(tiny(tmp_path, "--pretrained", str(fc / "fc.pt"), "--out", str(out), "--lr", "1e-3"))
+    ks.main(["--eval-only", str(out / "ldf.pt"), "--data-dir", str(tmp_path / "data"), "--workers", "1"])
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    real = ks.batch_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss, label, constraint = real(*a, **k)
+        return (loss * float("nan"), label, constraint) if calls["n"] > 2 else (loss, label, constraint)
+
+    monkeypatch.setattr(ks, "batch_loss", poisoned)
+    out = tmp_path / "nan"
+    ks.main(tiny(tmp_path, "--out", str(out), "--batch-size", "128"))     # 2 batches per epoch
+    err = capsys.readouterr().err
+    assert "--lr" in err and "last good checkpoint" in err
+    assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 1
+    assert json.loads((out / "results.json").read_text())["stopped"] == "nan"
+
+
+@pytest.mark.parametrize("flags", [["--lr", "-1"], ["--items", "1"], ["--batch-size", "0"], ["--step", "nan"],
+                                   ["--select-mu", "7"]])
+def test_bad_flags_are_argparse_errors(flags, capsys):
+    with pytest.raises(SystemExit) as e:
+        ks.parse_args(flags)
+    assert e.value.code == 2
+    assert flags[0] in capsys.readouterr().err

@@ -55,6 +55,11 @@ def parse_args(argv=None):
     g = p.add_argument_group("model and training")
     g.add_argument("--model", choices=["fc", "ldf"], default="ldf",
                    help="fc: BCE only; ldf: BCE + lambda * violation (default)")
+    g.add_argument("--arch", choices=["fc", "set"], default="fc",
+                   help="fc: the thesis network (fixed n); set: permutation-equivariant item scorer (any n)")
+    g.add_argument("--supervision", choices=["labels", "none"], default="labels",
+                   help="none: no solver labels in training, loss = -objective of the relaxed prediction + "
+                        "lambda * its LP violation (needs --model ldf)")
     g.add_argument("--pretrained", metavar="CKPT", help="start from this checkpoint's weights (thesis' pre-trained LDF)")
     g.add_argument("--epochs", type=common.positive_int, default=500, help="maximum epochs (thesis: 500)")
     g.add_argument("--patience", type=common.positive_int, default=20,
@@ -75,6 +80,14 @@ def parse_args(argv=None):
     g.add_argument("--grid-lr", type=common.positive_float, nargs="+", default=[1e-3, 1e-4, 1e-5])
     g.add_argument("--grid-step", type=common.nonnegative_float, nargs="+", default=[1e-5, 1e-6, 1e-7])
     g.add_argument("--grid-max-grad-norm", type=common.nonnegative_float, nargs="+", default=[0.0, 1.0])
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--decode", choices=["raw", "repair"], default="raw",
+                   help="which decode results.json calls 'test' (tables always show raw, repaired and greedy): "
+                        "repair takes the model's items by falling probability while they fit, then fills greedily")
+    g.add_argument("--eval-items", type=items_arg, nargs="+", default=[],
+                   help="set arch: also evaluate on fresh instances with these n, without retraining")
+    g.add_argument("--eval-instances", type=common.positive_int, default=3000, help="instances per --eval-items n")
+    g.add_argument("--tradeoff", metavar="DIR", help="plot AR against %% violated for every results.json under DIR, then stop")
     g = p.add_argument_group("running")
     g.add_argument("--seed", type=int, default=0, help="seeds instances, split, initialisation and batches")
     g.add_argument("--out", help="output folder (default runs/knapsack/<model>)")
@@ -89,11 +102,22 @@ def parse_args(argv=None):
         p.error(f"--pretrained: no such file {args.pretrained}")
     if args.eval_only and not os.path.isfile(args.eval_only):
         p.error(f"--eval-only: no such file {args.eval_only}")
+    if args.supervision == "none" and args.model != "ldf":
+        p.error("--supervision none trains on the objective and the constraint only: it needs --model ldf")
+    if args.eval_items and args.arch != "set":
+        p.error("--eval-items needs --arch set (the fc network has a fixed number of items)")
     if args.pretrained and args.model == "fc":
         p.error("--pretrained trains the LDF model from a checkpoint; drop --model fc")
     if args.out is None:
-        args.out = os.path.join("runs", "knapsack", "ldf-pretrained" if args.pretrained else args.model)
+        args.out = os.path.join("runs", "knapsack", run_name(vars(args)))
     return args
+
+
+def run_name(cfg):
+    """fc, ldf, ldf-pretrained, ldf-labelfree, ldf-set, ... from a config dict."""
+    name = cfg["model"] + ("-pretrained" if cfg.get("pretrained") else "")
+    name += "-labelfree" if cfg.get("supervision") == "none" else ""
+    return name + ("-set" if cfg.get("arch", "fc") == "set" else "")
 
 
 # ====================================================================== 1. instances
@@ -218,15 +242,52 @@ def load_data(args, n_items=None, n_instances=None, seed=None):
     if solver == "gurobi" and not gurobi_usable(n_items):
         solver = "ortools"
     folder = os.path.join(args.data_dir, "knapsack", f"n{n_items}_S{n_instances}_seed{seed}", f"labels_{solver}")
+    parts = split(n_instances, seed)
     t = time.perf_counter()
-    x, opt, seconds = make_labels(w, v, capacity, folder, solver, args.workers)
+    if getattr(args, "supervision", "labels") == "none" and not os.path.isdir(folder):
+        # label-free training: solve only the validation and test instances, for evaluation
+        rows = np.concatenate([parts["val"], parts["test"]])
+        x, opt, seconds = np.full(w.shape, np.nan), np.full(len(w), np.nan), np.full(len(w), np.nan)
+        x[rows], opt[rows], seconds[rows] = make_labels(w[rows], v[rows], capacity[rows], folder + "_valtest",
+                                                        solver, args.workers)
+    else:
+        x, opt, seconds = make_labels(w, v, capacity, folder, solver, args.workers)
     return {"w": w, "v": v, "capacity": capacity, "x": x, "opt": opt, "solve_seconds": seconds,
-            "solver": solver, "label_wall_seconds": time.perf_counter() - t, "split": split(n_instances, seed)}
+            "solver": solver, "label_wall_seconds": time.perf_counter() - t, "split": parts}
 
 
 # ====================================================================== 3. model
-def make_model(n_items):
+class SetModel(nn.Module):
+    """Permutation-equivariant scorer (beyond the thesis): every item is scored by one shared MLP from
+    its own scale-free features and the instance's context (alpha = W/sum(w), pooled item embeddings),
+    so permuting the items permutes the logits and one model serves any n. One item feature is the
+    share of the capacity taken by the items with a better value/weight ratio (a sort, so equivariant)."""
+
+    def __init__(self, hidden=128):
+        super().__init__()
+        self.item = nn.Sequential(nn.Linear(6, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.score = nn.Sequential(nn.Linear(2 * hidden + 1, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                   nn.Linear(hidden, 1))
+
+    def forward(self, raw):
+        n = (raw.shape[1] - 1) // 2
+        w, v, capacity = raw[:, :n], raw[:, n:2 * n], raw[:, 2 * n:]
+        ratio = v / w.clamp_min(1e-9)
+        order = torch.argsort(ratio, dim=1, descending=True)
+        better = torch.cumsum(torch.gather(w, 1, order), 1) - torch.gather(w, 1, order)
+        better = torch.empty_like(better).scatter_(1, order, better) / capacity
+        alpha = capacity / w.sum(1, keepdim=True)
+        f = torch.stack([w * n / w.sum(1, keepdim=True), v * n / v.sum(1, keepdim=True), torch.log(ratio.clamp_min(1e-9)),
+                         w / capacity, better, better + w / capacity], -1)
+        h = self.item(f)
+        context = torch.cat([h.mean(1, keepdim=True), alpha[:, :, None]], -1).expand(-1, n, -1)
+        return self.score(torch.cat([h, context], -1)).squeeze(-1)
+
+
+def make_model(n_items, arch="fc"):
     """The thesis' FC network: [w, v, W] (2n+1) -> 2048 -> 1024 -> n logits, ReLU then batch norm."""
+    if arch == "set":
+        return SetModel()
     return nn.Sequential(nn.Linear(2 * n_items + 1, 2048), nn.ReLU(), nn.BatchNorm1d(2048),
                          nn.Linear(2048, 1024), nn.ReLU(), nn.BatchNorm1d(1024),
                          nn.Linear(1024, n_items))
@@ -237,8 +298,11 @@ def features(data):
     return torch.from_numpy(np.concatenate([data["w"], data["v"], data["capacity"][:, None]], 1)).float()
 
 
-def normaliser(raw, n_items):
-    """Mean and std per input group (weights, values, capacity), from the training rows only."""
+def normaliser(raw, n_items, arch="fc"):
+    """Mean and std per input group (weights, values, capacity), from the training rows only (the
+    set model builds scale-free features itself and gets the raw inputs)."""
+    if arch == "set":
+        return {"mean": torch.zeros(()), "std": torch.ones(())}
     groups = [slice(0, n_items), slice(n_items, 2 * n_items), slice(2 * n_items, 2 * n_items + 1)]
     mean, std = torch.empty(raw.shape[1]), torch.empty(raw.shape[1])
     for g in groups:
@@ -252,8 +316,15 @@ def violation(x, w, capacity):
     return torch.relu((x * w).sum(-1) - capacity) / capacity
 
 
-def batch_loss(logits, y, w, capacity, multiplier, k, ldf):
-    """BCE on the labels, plus for LDF lambda * mean violation of the surrogate-rounded prediction."""
+def batch_loss(logits, y, w, capacity, multiplier, k, ldf, v=None):
+    """BCE on the labels, plus for LDF lambda * mean violation of the surrogate-rounded prediction.
+    Label-free (y is None): the negated objective of the relaxed prediction p = sigmoid(logits), as a
+    share of the instance's total value, plus lambda * the LP violation of p."""
+    if y is None:
+        p = torch.sigmoid(logits)
+        objective = -((p * v).sum(-1) / v.sum(-1)).mean()
+        constraint = multiplier * violation(p, w, capacity).mean()
+        return objective + constraint, objective, constraint
     label = F.binary_cross_entropy_with_logits(logits, y)
     if not ldf:
         return label, label, torch.zeros(())
@@ -272,18 +343,18 @@ def predict(model, x_norm, batch=4096):
 def train(args, data, out):
     device = common.pick_device(args.device)
     n = data["w"].shape[1]
-    ldf = args.model == "ldf"
+    ldf, supervised = args.model == "ldf", args.supervision == "labels"
     raw = features(data)
     idx = data["split"]
     pretrained = torch.load(args.pretrained, weights_only=False) if args.pretrained else None
-    norm = pretrained["norm"] if pretrained else normaliser(raw[idx["train"]], n)
+    norm = pretrained["norm"] if pretrained else normaliser(raw[idx["train"]], n, args.arch)
     x_norm = (raw - norm["mean"]) / norm["std"]
     y = torch.from_numpy(data["x"]).float()
-    w, capacity = raw[:, :n], raw[:, 2 * n]
+    w, v, capacity = raw[:, :n], raw[:, n:2 * n], raw[:, 2 * n]
     tr, va = torch.from_numpy(idx["train"]), torch.from_numpy(idx["val"])
 
     common.set_seed(args.seed)
-    model = make_model(n).to(device)
+    model = make_model(n, args.arch).to(device)
     if pretrained:
         model.load_state_dict(pretrained["model"])
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -306,8 +377,8 @@ def train(args, data, out):
                                   "epoch": state["epoch"], "multiplier": state["multiplier"], **extra},
                                  os.path.join(out, name))
 
-    w_tr, c_tr = w[tr].to(device), capacity[tr].to(device)
-    xn_tr, y_tr = x_norm[tr].to(device), y[tr].to(device)
+    w_tr, v_tr, c_tr = w[tr].to(device), v[tr].to(device), capacity[tr].to(device)
+    xn_tr, y_tr = x_norm[tr].to(device), y[tr].to(device) if supervised else None
     stop_reason = "epochs"
     bar = tqdm(range(state["epoch"], args.epochs), desc=f"train {args.model}", unit="epoch", initial=state["epoch"],
                total=args.epochs)
@@ -322,8 +393,8 @@ def train(args, data, out):
             i = perm[b:b + args.batch_size].to(device)
             if len(i) < 2:
                 continue      # batch norm needs two rows
-            loss, label, constraint = batch_loss(model(xn_tr[i]), y_tr[i], w_tr[i], c_tr[i],
-                                                 state["multiplier"], args.k, ldf)
+            loss, label, constraint = batch_loss(model(xn_tr[i]), y_tr[i] if supervised else None, w_tr[i], c_tr[i],
+                                                 state["multiplier"], args.k, ldf, v_tr[i])
             if not torch.isfinite(loss):
                 bad = True
                 break
@@ -340,8 +411,12 @@ def train(args, data, out):
             break
         # validation: AR, violation, mu-losses
         val = evaluate_split(model, x_norm[va].to(device), data, idx["val"], device)
-        label_val = F.binary_cross_entropy_with_logits(val["logits"], y[va].to(device), reduction="none").sum(1)
-        mu_losses = {mu: common.mu_loss(label_val.cpu().numpy(), val["nu"], mu) for mu in args.mu}
+        if supervised:   # label loss summed over items, as the thesis
+            label_val = F.binary_cross_entropy_with_logits(val["logits"], y[va].to(device), reduction="none").sum(1)
+            label_val = label_val.cpu().numpy()
+        else:            # label-free selection: the negated objective share of the rounded prediction
+            label_val = -val["obj"] / data["v"][idx["val"]].sum(1)
+        mu_losses = {mu: common.mu_loss(label_val, val["nu"], mu) for mu in args.mu}
         # multiplier: subgradient step on the hard-rounded violations of the whole training set
         if ldf:
             xhat = (predict(model, xn_tr) > 0).float()
@@ -355,7 +430,7 @@ def train(args, data, out):
                **{f"val_mu_loss_{mu:g}": l for mu, l in mu_losses.items()}}
         state["history"].append(row)
         improved = []
-        for name, value in [("ar", row["val_ar"])] + [(f"mu{mu:g}", l) for mu, l in mu_losses.items()]:
+        for name, value in [("ar", row["val_ar"])] * supervised + [(f"mu{mu:g}", l) for mu, l in mu_losses.items()]:
             if value < state["best"].get(name, (math.inf,))[0]:
                 state["best"][name] = (value, epoch + 1)
                 checkpoint(f"best_{name}.pt", selected_by=name, value=value)
@@ -389,19 +464,31 @@ def evaluate_split(model, x_norm_rows, data, rows, device=None):
     return {"logits": logits, "xhat": xhat, **solution_metrics(xhat, data, rows)}
 
 
-def greedy(w, v, capacity):
-    """Value/weight greedy: scan items by falling v/w and take each one that still fits."""
-    order = np.argsort(-v / w, axis=1, kind="stable")
+def fill_in_order(w, remaining, x, order, eligible):
+    """Scan each instance's items in `order`; take every eligible item that still fits."""
     rows = np.arange(len(w))
-    remaining = capacity.copy()
-    x = np.zeros_like(w)
     for pos in range(w.shape[1]):
         item = order[:, pos]
         wi = w[rows, item]
-        take = wi <= remaining
-        x[rows, item] = take
-        remaining -= take * wi
-    return x
+        take = eligible[rows, item] & (wi <= remaining)
+        x[rows[take], item[take]] = 1.0
+        remaining = remaining - take * wi
+    return x, remaining
+
+
+def greedy(w, v, capacity):
+    """Value/weight greedy: scan items by falling v/w and take each one that still fits."""
+    return fill_in_order(w, capacity.copy(), np.zeros_like(w), np.argsort(-v / w, axis=1, kind="stable"),
+                         np.ones(w.shape, dtype=bool))[0]
+
+
+def repair(prob, w, v, capacity):
+    """Repair decoding (beyond the thesis): the items the model picks (p > 0.5), by falling p, while
+    they fit; then the rest of the capacity greedily by v/w. Always feasible, and a superset of a
+    feasible raw prediction (so never a lower objective)."""
+    x, remaining = fill_in_order(w, capacity.copy(), np.zeros_like(w), np.argsort(-prob, axis=1, kind="stable"),
+                                 prob > 0.5)
+    return fill_in_order(w, remaining, x, np.argsort(-v / w, axis=1, kind="stable"), x == 0)[0]
 
 
 def summarise(m, mask):
@@ -435,37 +522,61 @@ def markdown(rows):
     return "\n".join(lines)
 
 
-def report(ckpt_path, data, out, extra=None):
-    """Test-split tables of a checkpoint beside greedy, printed as Markdown and written to results.json."""
+def load_model(ckpt_path):
     ck = torch.load(ckpt_path, weights_only=False)
-    n = ck["n_items"]
-    model = make_model(n)
+    model = make_model(ck["n_items"], ck["config"].get("arch", "fc"))
     model.load_state_dict(ck["model"])
-    rows = data["split"]["test"]
+    return model, ck
+
+
+def test_tables(model, ck, data, rows):
+    """Raw, repaired and greedy tables of one model on instances `rows`, and the times per instance."""
     x_norm = (features(data)[rows] - ck["norm"]["mean"]) / ck["norm"]["std"]
+    w, v, capacity = data["w"][rows], data["v"][rows], data["capacity"][rows]
+    alpha = capacity / w.sum(1)
     t = time.perf_counter()
     net = evaluate_split(model, x_norm, data, rows)
     net_ms = 1000 * (time.perf_counter() - t) / len(rows)
     t = time.perf_counter()
-    xg = greedy(data["w"][rows], data["v"][rows], data["capacity"][rows])
+    xr = repair(torch.sigmoid(net["logits"]).double().numpy(), w, v, capacity)
+    repair_ms = net_ms + 1000 * (time.perf_counter() - t) / len(rows)
+    t = time.perf_counter()
+    xg = greedy(w, v, capacity)
     greedy_ms = 1000 * (time.perf_counter() - t) / len(rows)
-    alpha = data["capacity"][rows] / data["w"][rows].sum(1)
-    name = ck["config"]["model"] + ("-pretrained" if ck["config"].get("pretrained") else "")
+    return {"test_raw": table(net, alpha), "test_repair": table(solution_metrics(xr, data, rows), alpha),
+            "greedy": table(solution_metrics(xg, data, rows), alpha),
+            "times": {"solver": data["solver"], "solver_ms_per_instance": 1000 * float(data["solve_seconds"][rows].mean()),
+                      "network_ms_per_instance": net_ms, "repair_ms_per_instance": repair_ms,
+                      "greedy_ms_per_instance": greedy_ms}}
+
+
+def print_tables(title, name, r):
+    md = markdown([(name, r["test_raw"]), (name + " repaired", r["test_repair"]), ("greedy v/w", r["greedy"])])
+    tm = r["times"]
+    print(f"\n## {title}\n\n{md}\n\nper instance: exact {tm['solver']} {tm['solver_ms_per_instance']:.3f} ms | "
+          f"network {tm['network_ms_per_instance']:.4f} ms (batched, CPU) | with repair {tm['repair_ms_per_instance']:.4f} ms"
+          f" | greedy {tm['greedy_ms_per_instance']:.4f} ms")
+    return md
+
+
+def report(ckpt_path, data, out, extra=None, decode="raw", eval_data=()):
+    """Test-split tables of a checkpoint (raw and repaired) beside greedy, printed as Markdown and
+    written to results.json; eval_data: more (n, data) to evaluate on without retraining."""
+    model, ck = load_model(ckpt_path)
+    name = run_name(ck["config"])
+    rows = data["split"]["test"]
+    r = test_tables(model, ck, data, rows)
     results = {"model": name, "checkpoint": os.path.abspath(ckpt_path), "epoch": ck["epoch"],
-               "selected_by": ck.get("selected_by"), "config": ck["config"],
-               "test": table(net, alpha), "greedy": table(solution_metrics(xg, data, rows), alpha),
-               "times": {"solver": data["solver"], "solver_ms_per_instance": 1000 * float(data["solve_seconds"][rows].mean()),
-                         "network_ms_per_instance": net_ms, "greedy_ms_per_instance": greedy_ms},
-               **(extra or {})}
-    print(f"\n## Test split ({len(rows)} instances, n={n}): {name} from {ckpt_path} (epoch {ck['epoch']}, "
-          f"selected by {ck.get('selected_by')})\n")
-    print(markdown([(name, results["test"]), ("greedy v/w", results["greedy"])]))
-    tm = results["times"]
-    print(f"\nper instance: exact {tm['solver']} {tm['solver_ms_per_instance']:.3f} ms | network "
-          f"{net_ms:.4f} ms (batched, {common.pick_device('cpu')}) | greedy {greedy_ms:.4f} ms")
+               "selected_by": ck.get("selected_by"), "config": ck["config"], "decode": decode,
+               "test": r["test_" + decode], **r, **(extra or {})}
+    md = print_tables(f"Test split ({len(rows)} instances, n={ck['n_items']}): {name} from {ckpt_path} "
+                      f"(epoch {ck['epoch']}, selected by {ck.get('selected_by')})", name, r)
+    for n, d in eval_data:
+        every = np.arange(len(d["w"]))
+        results.setdefault("other_n", {})[str(n)] = e = test_tables(model, ck, d, every)
+        md += "\n\n" + print_tables(f"n={n} ({len(every)} fresh instances, no retraining)", name, e)
     common.atomic_write_json(os.path.join(out, "results.json"), results)
-    common.atomic_write_bytes(os.path.join(out, "results.md"),
-                              markdown([(name, results["test"]), ("greedy v/w", results["greedy"])]).encode())
+    common.atomic_write_bytes(os.path.join(out, "results.md"), (md + "\n").encode())
     return results
 
 
@@ -502,6 +613,32 @@ def selected_checkpoint(args, out):
     return os.path.join(out, "best_ar.pt" if args.model == "fc" else f"best_mu{args.select_mu:g}.pt")
 
 
+def tradeoff(folder):
+    """Beyond the thesis: AR against % violated of every run under folder, raw and repaired."""
+    import glob
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(folder, "**", "results.json"), recursive=True))]
+    if not runs:
+        sys.exit(f"--tradeoff: no results.json under {folder}")
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for decode, marker in [("raw", "o"), ("repair", "s")]:
+        pts = [(r["test_" + decode]["all"]["pct_violated"], r["test_" + decode]["all"]["ar"], r["model"], r["config"])
+               for r in runs if "test_" + decode in r]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=decode)
+        for x, y, name, cfg in pts:
+            ax.annotate(f"{name} s={cfg['step']:g}", (x, y), fontsize=6)
+    g = runs[0]["greedy"]["all"]
+    ax.scatter([g["pct_violated"]], [g["ar"]], marker="*", s=120, label="greedy v/w")
+    ax.set(xlabel="% of test instances violated", ylabel="mean AR (eq. 14)", yscale="log",
+           title="optimality-feasibility trade-off")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "tradeoff.png"), dpi=130)
+    print(f"wrote {os.path.join(folder, 'tradeoff.png')} from {len(runs)} runs")
+
+
 def run(args, data):
     """Train one model, keep its selected checkpoint as <out>/<model>.pt, report and plot."""
     os.makedirs(args.out, exist_ok=True)
@@ -514,7 +651,10 @@ def run(args, data):
     plots(state["history"], args.out, args.k)
     extra = {"stopped": reason, "epochs_run": state["epoch"], "train_seconds": state["train_seconds"],
              "label_wall_seconds": data["label_wall_seconds"], "history": state["history"]}
-    results = report(final, data, args.out, extra)
+    labelled = argparse.Namespace(**{**vars(args), "supervision": "labels"})
+    eval_data = [(n, load_data(labelled, n_items=n, n_instances=args.eval_instances, seed=args.seed + 7))
+                 for n in args.eval_items]
+    results = report(final, data, args.out, extra, args.decode, eval_data)
     print(f"\ntraining: {state['epoch']} epochs in {state['train_seconds'] / 60:.1f} min (stopped: {reason}); "
           f"checkpoint {final}; plots and results.json in {args.out}")
     return results
@@ -547,8 +687,10 @@ def main(argv=None):
     if args.eval_only:
         cfg = torch.load(args.eval_only, weights_only=False)["config"]
         data = load_data(argparse.Namespace(**{**cfg, "data_dir": args.data_dir, "workers": args.workers}))
-        report(args.eval_only, data, os.path.dirname(os.path.abspath(args.eval_only)))
+        report(args.eval_only, data, os.path.dirname(os.path.abspath(args.eval_only)), decode=args.decode)
         return
+    if args.tradeoff:
+        return tradeoff(args.tradeoff)
     data = load_data(args)
     print(f"{args.instances} instances, n={args.items}: labels by {data['solver']}, "
           f"{1000 * data['solve_seconds'].mean():.3f} ms per instance (one core), "

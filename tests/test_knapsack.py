@@ -216,3 +216,46 @@ def test_bad_flags_are_argparse_errors(flags, capsys):
         ks.parse_args(flags)
     assert e.value.code == 2
     assert flags[0] in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- beyond the thesis (issue 6)
+def test_repair_is_feasible_and_never_worse_than_a_feasible_raw_prediction():
+    rng = np.random.default_rng(0)
+    w, v, capacity = ks.make_instances(30, 400, seed=5)
+    prob = rng.random(w.shape)
+    x = ks.repair(prob, w, v, capacity)
+    assert ((x * w).sum(1) <= capacity + 1e-12).all()
+    raw = (prob > 0.5).astype(float)
+    feasible = (raw * w).sum(1) <= capacity
+    assert feasible.any() and (~feasible).any()
+    assert ((x * v).sum(1)[feasible] >= (raw * v).sum(1)[feasible] - 1e-12).all()
+    assert (x[feasible] >= raw[feasible]).all()          # a feasible raw prediction is kept whole
+
+
+def test_set_model_is_permutation_equivariant_and_runs_on_any_n():
+    torch.manual_seed(0)
+    model = ks.make_model(20, "set").eval()
+    w, v, capacity = ks.make_instances(20, 8, seed=2)
+    raw = ks.features({"w": w, "v": v, "capacity": capacity})
+    perm = torch.randperm(20)
+    permuted = torch.cat([raw[:, :20][:, perm], raw[:, 20:40][:, perm], raw[:, 40:]], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(permuted), model(raw)[:, perm], rtol=1e-5, atol=1e-5)
+        w, v, capacity = ks.make_instances(57, 4, seed=3)
+        assert model(ks.features({"w": w, "v": v, "capacity": capacity})).shape == (4, 57)
+
+
+def test_label_free_training_loss_falls_and_needs_no_training_labels(tmp_path):
+    out = tmp_path / "free"
+    ks.main(tiny(tmp_path, "--supervision", "none", "--arch", "set", "--out", str(out), "--epochs", "6",
+                 "--lr", "1e-3", "--eval-items", "10", "40", "--eval-instances", "50"))
+    labels = tmp_path / "data" / "knapsack" / "n20_S300_seed0"
+    assert not (labels / "labels_ortools").exists() and (labels / "labels_ortools_valtest").exists()
+    res = json.loads((out / "results.json").read_text())
+    losses = [h["loss"] for h in res["history"]]
+    assert losses[-1] < losses[0]
+    assert res["model"] == "ldf-labelfree-set"
+    assert res["test_repair"]["all"]["pct_violated"] == 0.0
+    assert set(res["other_n"]) == {"10", "40"}
+    ks.main(["--tradeoff", str(tmp_path)])
+    assert (tmp_path / "tradeoff.png").exists()

@@ -229,7 +229,7 @@ def _load_onehot_ext():
         stale = not os.path.exists(so) or os.path.getmtime(so) < max(map(os.path.getmtime, deps))
         start = time.time()
         load(name=name, sources=sources, build_directory=build, is_python_module=False,
-             extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+             extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math"], extra_ldflags=["-fopenmp"],
              extra_cuda_cflags=["-O3"])
         if stale:
             print(f"ldf-ip: onehot_surrogate uses the C++{'/CUDA' if cuda else ''} extension "
@@ -253,6 +253,9 @@ def _register_onehot_autograd():
 
     @torch.library.register_fake("ldf_ip::onehot_surrogate_backward")
     def _(grad, z, index, k, dim):
+        if not grad.device == z.device == index.device:
+            raise RuntimeError("onehot_surrogate_backward: grad, z and index must be on one device, "
+                               f"got {grad.device}, {z.device}, {index.device}")
         return z.new_empty(z.shape)
 
     def setup_context(ctx, inputs, output):
@@ -267,11 +270,28 @@ def _register_onehot_autograd():
     torch.library.register_autograd("ldf_ip::onehot_surrogate", backward, setup_context=setup_context)
 
 
-ONEHOT_IMPL = _load_onehot_ext()
-if ONEHOT_IMPL != "torch":
-    _register_onehot_autograd()
-_ONEHOT_CUDA = ONEHOT_IMPL != "torch" and torch._C._dispatch_has_kernel_for_dispatch_key(
-    "ldf_ip::onehot_surrogate", "CUDA")
+_onehot_backend_state = {}
+
+
+def _onehot_backend():
+    """(implementation, has CUDA kernels): loaded or built on first use, so a script that never
+    calls onehot_surrogate (knapsack_ldf.py) never pays for the build."""
+    if not _onehot_backend_state:
+        impl = _load_onehot_ext()
+        if impl != "torch":
+            _register_onehot_autograd()
+        cuda = impl != "torch" and torch._C._dispatch_has_kernel_for_dispatch_key("ldf_ip::onehot_surrogate", "CUDA")
+        _onehot_backend_state.update(impl=impl, cuda=cuda)
+    return _onehot_backend_state["impl"], _onehot_backend_state["cuda"]
+
+
+def __getattr__(name):
+    """common.ONEHOT_IMPL ("prebuilt", "jit" or "torch") and common._ONEHOT_CUDA, resolved lazily."""
+    if name == "ONEHOT_IMPL":
+        return _onehot_backend()[0]
+    if name == "_ONEHOT_CUDA":
+        return _onehot_backend()[1]
+    raise AttributeError(f"module 'common' has no attribute {name!r}")
 
 
 def onehot_surrogate(z, k=20.0, dim=-1):
@@ -279,6 +299,7 @@ def onehot_surrogate(z, k=20.0, dim=-1):
     backward is the surrogate Jacobian of thesis eq. 16: for j != max,
     dL/dz_j = sigma_f(z_j, z_max) (g_j - g_max); dL/dz_max = sigma_f(z_pen, z_max) g_max -
     sum_{j != max} sigma_f(z_j, z_max) g_j, with z_pen the runner-up and sigma_f = sigmoid_slope."""
-    if ONEHOT_IMPL == "torch" or (z.is_cuda and not _ONEHOT_CUDA):
+    impl, cuda = _onehot_backend()
+    if impl == "torch" or (z.is_cuda and not cuda):
         return onehot_surrogate_torch(z, k, dim)
     return torch.ops.ldf_ip.onehot_surrogate(z, float(k), dim)[0]

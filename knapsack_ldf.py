@@ -72,9 +72,10 @@ def parse_args(argv=None):
     g.add_argument("--max-grad-norm", type=common.nonnegative_float, default=1.0,
                    help="clip the gradient norm to this (0: no clipping)")
     g.add_argument("--k", type=common.positive_float, default=25.0, help="sharpness of the rounding surrogate (eq. 13)")
-    g.add_argument("--mu", type=common.nonnegative_float, nargs="+", default=[0.0, 1.0, 10.0, 100.0],
-                   help="mu values of the mu-loss (eq. 15); one best checkpoint is kept per mu")
-    g.add_argument("--select-mu", type=common.nonnegative_float, default=10.0,
+    g.add_argument("--mu", type=common.nonnegative_float, nargs="+", default=[0.0, 10.0, 100.0, 1000.0],
+                   help="mu values of the mu-loss (eq. 15: validation BCE summed over items + mu * relative "
+                        "violation); one best checkpoint is kept per mu")
+    g.add_argument("--select-mu", type=common.nonnegative_float, default=1000.0,
                    help="the mu whose best checkpoint LDF reports (FC reports its best validation AR)")
     g.add_argument("--grid", action="store_true", help="run the Table 1 grid (lr x step x max-grad-norm)")
     g.add_argument("--grid-lr", type=common.positive_float, nargs="+", default=[1e-3, 1e-4, 1e-5])
@@ -263,7 +264,7 @@ class SetModel(nn.Module):
     so permuting the items permutes the logits and one model serves any n. One item feature is the
     share of the capacity taken by the items with a better value/weight ratio (a sort, so equivariant)."""
 
-    def __init__(self, hidden=128):
+    def __init__(self, hidden=64):
         super().__init__()
         self.item = nn.Sequential(nn.Linear(6, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
         self.score = nn.Sequential(nn.Linear(2 * hidden + 1, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
@@ -364,7 +365,7 @@ def train(args, data, out):
     last = os.path.join(out, "last.pt")
     if os.path.exists(last) and not args.fresh:
         ck = torch.load(last, weights_only=False)
-        mismatch = {k for k in config if k not in RESUME_FREE and ck["config"].get(k) != config[k]}
+        mismatch = {k for k in config if k not in RESUME_FREE and ck["config"].get(k, config[k]) != config[k]}
         if mismatch:
             sys.exit(f"{last} was trained with other {sorted(mismatch)}: pass --fresh to start over or pick another --out")
         model.load_state_dict(ck["model"])
@@ -446,7 +447,8 @@ def train(args, data, out):
 
 
 RESUME_FREE = {"epochs", "patience", "out", "device", "workers", "fresh", "eval_only", "labels_only", "grid",
-               "grid_lr", "grid_step", "grid_max_grad_norm", "data_dir"}
+               "grid_lr", "grid_step", "grid_max_grad_norm", "data_dir", "decode", "eval_items", "eval_instances",
+               "tradeoff"}
 
 
 # ====================================================================== 6. evaluate

@@ -158,7 +158,7 @@ def test_end_to_end_table_matches_saved_predictions(tmp_path):
     # the multiplier moved by exactly s * (sum of hard-rounded training violations) after each epoch
     hist = res["history"]
     assert hist[0]["multiplier"] > 1.0
-    for name in ["fig1_surrogate.png", "training_curves.png", "last.pt", "best_ar.pt", "best_mu10.pt"]:
+    for name in ["fig1_surrogate.png", "training_curves.png", "last.pt", "best_ar.pt", "best_mu1000.pt"]:
         assert (out / name).exists(), name
 
 

@@ -1,0 +1,110 @@
+// ldf_ip::onehot_surrogate: one-hot of argmax with the surrogate gradient of thesis eq. 16.
+// Defines the two ops and their CPU kernels (the CUDA kernels are in onehot_cuda.cu); autograd and
+// the fake kernels are registered from Python, in common.py, with torch.library.
+#include <Python.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "onehot.h"
+#include "onehot_kernels.h"
+
+extern "C" {
+// `import _ldf_ip_ops` (the setup.py build) loads this library, which runs the registrations below.
+PyObject* PyInit__ldf_ip_ops(void) {
+  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_ldf_ip_ops", nullptr, -1, nullptr};
+  return PyModule_Create(&def);
+}
+}
+
+namespace ldf_ip {
+
+static int64_t grain(int64_t C) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / C); }
+
+// The row loops are compiled twice on x86-64 GCC, for AVX2+FMA and for the baseline, and picked at
+// load time (target_clones), so one build is both fast and portable; `flatten` inlines the row
+// kernels into each clone (else both clones would call one baseline copy).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define LDF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default"), flatten))
+#else
+#define LDF_CPU_CLONES
+#endif
+
+// Rows r0..r1 of z seen as (rows / inner, C, inner); row r = (o, i) starts at (o * C) * inner + i.
+template <typename T>
+LDF_CPU_CLONES void forward_rows(const T* z, T* out, int64_t* index, Layout L, int64_t r0, int64_t r1) {
+  int64_t o = r0 / L.inner, i = r0 % L.inner;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t b = o * L.C * L.inner + i;
+    const int64_t m = argmax_row(z + b, L.C, L.inner);
+    if (L.inner == 1) std::fill(out + b, out + b + L.C, T(0));  // else out was zeroed
+    out[b + m * L.inner] = T(1);
+    index[r] = m;
+    if (++i == L.inner) i = 0, ++o;
+  }
+}
+
+template <typename T>
+LDF_CPU_CLONES bool backward_rows(const T* g, const T* z, const int64_t* index, T* gz, Layout L, T k,
+                                  int64_t r0, int64_t r1) {
+  if (L.C <= kShortRow && L.inner == 1)
+    return backward_short_rows<T, true>(z, g, index, gz, L.C, 1, k, r0, r1);
+  if (L.C <= kShortRow) return backward_short_rows<T, false>(z, g, index, gz, L.C, L.inner, k, r0, r1);
+  int64_t o = r0 / L.inner, i = r0 % L.inner;
+  bool ok = true;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t b = o * L.C * L.inner + i, m = index[r];
+    if (m >= 0 && m < L.C)
+      backward_row(z + b, g + b, gz + b, L.C, L.inner, m, k);
+    else
+      ok = false;
+    if (++i == L.inner) i = 0, ++o;
+  }
+  return ok;
+}
+
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& z_in, double k, int64_t dim) {
+  const Layout L = check_input(z_in, k, dim);
+  const at::Tensor z = z_in.contiguous();
+  at::Tensor out = L.inner > 1 ? at::zeros(z.sizes(), z.options()) : at::empty(z.sizes(), z.options());
+  at::Tensor index = at::empty(index_shape(z, dim), z.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "onehot_surrogate", [&] {
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    int64_t* ip = index.mutable_data_ptr<int64_t>();
+    at::parallel_for(0, L.rows, grain(L.C), [&](int64_t r0, int64_t r1) {
+      forward_rows(zp, op, ip, L, r0, r1);
+    });
+  });
+  return {out, index};
+}
+
+at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& z_in, const at::Tensor& index_in,
+                        double k, int64_t dim) {
+  const Layout L = check_backward(grad, z_in, index_in, k, dim);
+  const at::Tensor z = z_in.contiguous(), g = grad.contiguous(), index = index_in.contiguous();
+  at::Tensor gz = at::empty(z.sizes(), z.options());
+  std::atomic<bool> ok{true};
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "onehot_surrogate_backward", [&] {
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    const int64_t* ip = index.const_data_ptr<int64_t>();
+    scalar_t* gzp = gz.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, L.rows, grain(L.C), [&](int64_t r0, int64_t r1) {
+      if (!backward_rows(gp, zp, ip, gzp, L, static_cast<scalar_t>(k), r0, r1)) ok = false;
+    });
+  });
+  TORCH_CHECK(ok, "onehot_surrogate_backward: index out of range [0, ", L.C, ")");
+  return gz;
+}
+
+TORCH_LIBRARY(ldf_ip, m) {
+  m.def("onehot_surrogate(Tensor z, float k, int dim) -> (Tensor, Tensor)");
+  m.def("onehot_surrogate_backward(Tensor grad, Tensor z, Tensor index, float k, int dim) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(ldf_ip, CPU, m) {
+  m.impl("onehot_surrogate", &forward_cpu);
+  m.impl("onehot_surrogate_backward", &backward_cpu);
+}
+
+}  // namespace ldf_ip

@@ -1,0 +1,230 @@
+"""CSP data and MIP labels (issue 4): parser, checker, MIP vs brute force, STL scenarios, resumable labels."""
+import itertools
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import csp_ldf as C  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared/data/ieee_cis"
+needs_data = pytest.mark.skipif(not (SHARED / "instances").is_dir(),
+                                reason=f"challenge data absent (expected in {SHARED}; see csp_ldf.py --help)")
+
+# two days (Monday, Tuesday); 1 small + 1 large room; one battery of 3 charge levels (step 10 kWh)
+TINY = """ppoi 1 1 1 2 2
+b 0 1 1
+s 0 0
+c 0 0 30 40 0.81
+r 0 1 S 30 28 0
+r 1 1 L 20 30 1 0
+a 0 1 S 10 88 100 50 0
+a 1 1 L 40 90 80 20 1 0
+"""
+
+
+def tiny(tmp_path, text=TINY, days=2):
+    (tmp_path / "tiny.txt").write_text(text)
+    inst = C.read_instance(tmp_path / "tiny.txt")
+    inst.update(days=days, first_weekday=0)
+    rng = np.random.default_rng(1)
+    T = days * C.DAY
+    base = 300 + 20 * rng.random(T)
+    solar = 80 * np.clip(np.sin(np.arange(T) % C.DAY / C.DAY * 2 * np.pi - np.pi / 2), 0, None)
+    price = 60 + 40 * np.sin(np.arange(T) / C.DAY * 2 * np.pi) + 30 * rng.standard_normal(T)
+    return inst, base, solar, price
+
+
+# ---------------------------------------------------------------- parser
+@needs_data
+def test_parser_reads_all_20_instances():
+    files = sorted((SHARED / "instances").glob("*.txt"))
+    assert len(files) == 20
+    for f in files:
+        inst = C.read_instance(f)
+        n_rec, n_oneoff = (50, 20) if "small" in f.name else (200, 100)
+        assert (inst["n_rec"], inst["n_oneoff"], len(inst["cap"])) == (n_rec, n_oneoff, 2)
+        assert inst["oneoff"].sum() == n_oneoff and (inst["dur"][:n_rec] <= 32).all()
+        assert all(p < n_rec for ps in inst["prec"][:n_rec] for p in ps)
+        assert all(n_rec <= p for ps in inst["prec"][n_rec:] for p in ps)
+    small0 = C.read_instance(SHARED / "instances/phase2_instance_small_0.txt")
+    assert (small0["n_small"], small0["n_large"]) == (10, 6)
+    assert small0["prec"][1] == [0, 7, 14, 19, 27, 35, 43] and small0["prec"][52] == [50 + p for p in
+                                                                                     (0, 1, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 16, 18)]
+
+
+@pytest.mark.parametrize("old, new, line, expected", [
+    ("r 0 1 S 30 28 0", "r 0 1 X 30 28 0", 5, "<S|L>"),
+    ("r 1 1 L 20 30 1 0", "r 1 1 L 20 30 2 0", 6, "<#predecessors>"),
+    ("a 1 1 L 40 90 80 20 1 0", "a 1 1 L 40 90 80 20 1 7", 8, "<value>"),
+    ("c 0 0 30 40 0.81", "c 0 0 30 forty 0.81", 4, "<max power kW>"),
+    ("b 0 1 1", "x 0 1 1", 2, "ppoi, b, s, c, r or a"),
+    ("r 0 1 S 30 28 0", "r 0 1 S 30 40 0", 5, "<duration 1..32>"),
+])
+def test_parser_rejects_broken_copies(tmp_path, old, new, line, expected):
+    (tmp_path / "broken.txt").write_text(TINY.replace(old, new))
+    with pytest.raises(ValueError) as err:
+        C.read_instance(tmp_path / "broken.txt")
+    assert f"broken.txt:{line}: expected" in str(err.value) and expected in str(err.value)
+
+
+def test_parser_rejects_wrong_counts(tmp_path):
+    (tmp_path / "short.txt").write_text(TINY.replace("ppoi 1 1 1 2 2", "ppoi 1 1 1 2 3"))
+    with pytest.raises(ValueError, match="short.txt: header"):
+        C.read_instance(tmp_path / "short.txt")
+
+
+# ---------------------------------------------------------------- checker
+def test_checker_counts_known_violations(tmp_path):
+    inst, base, solar, price = tiny(tmp_path)
+    T = len(price)
+    idle = np.full((1, T), C.IDLE, np.int8)
+    ok = ([0, 32 + 0], [T, T], idle)                 # r0 Monday 9:00, r1 Tuesday 9:00, no once-off
+    cost, bad = C.check_schedule(inst, base, solar, price, *ok)
+    assert not any(bad.values())
+    grid = base - solar
+    grid[36:64] += 30
+    grid[96 + 36:96 + 66] += 20
+    assert cost == pytest.approx(0.25 / 1000 * price @ grid)
+    battery = idle.copy()
+    battery[0, :4] = C.DISCHARGE                        # 30 kWh, 10 per slot: the 4th slot goes to -10
+    battery[0, 4] = C.CHARGE
+    solar2 = solar.copy()
+    solar2[150] = 1000                                  # grid < 0 in one slot
+    _, bad = C.check_schedule(inst, base, solar2, price, [0, 2], [T - 80, 5], battery)
+    # r1 on Monday breaks precedence and shares the large room with a1 for 30 slots; a0 crosses midnight;
+    # a1 scheduled while its predecessor a0 is not (a0 invalid); battery below 0 once; grid < 0 once
+    assert bad == dict(start=1, rooms=30, precedence=2, battery=1, power=1, oneoff=0)
+    _, bad = C.check_schedule(inst, base, solar, price, [0, 32], [0, T], idle)  # a0 Monday 0:00-22:00 on r0's room
+    assert bad["rooms"] == 28 and bad["precedence"] == 0
+    _, bad = C.check_schedule(inst, base, solar, price, [0, 5 * 32], [T], idle)
+    assert bad["start"] == 1 and bad["oneoff"] == 1   # weekday 5 does not exist; one once-off missing
+
+
+# ---------------------------------------------------------------- MIP against brute force
+def test_battery_dispatch_equals_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        c = rng.normal(0.01, 0.02, 8)
+        cap, m, eff = 20.0, 40.0, 0.81                  # 2 steps of 10 kWh
+        best = np.inf
+        for seq in itertools.product([0, 1, 2], repeat=8):
+            s = np.array(seq)
+            charge = cap + np.cumsum(10.0 * ((s == 0) * 1.0 - (s == 2)))
+            if (charge >= -1e-9).all() and (charge <= cap + 1e-9).all():
+                best = min(best, c @ (m / 0.9 * (s == 0) - m * 0.9 * (s == 2)))
+        cost, states = C.battery_dispatch(c, cap, m, eff)
+        assert cost == pytest.approx(best)
+        assert c @ (m / 0.9 * (states == 0) - m * 0.9 * (states == 2)) == pytest.approx(best)
+
+
+def brute_force(inst, base, solar, price):
+    """Every schedule of the tiny instance, priced by the checker; the battery, independent of the
+    classes there (grid >= 0 cannot bind), by battery_dispatch (itself checked by brute force)."""
+    T = len(price)
+    rec = [[32 * d + o for d in range(2) for o in range(32 - dur + 1)] for dur in inst["dur"][:2]]
+    one = [[d * 96 + s for d in range(2) for s in range(96 - dur + 1)] + [T] for dur in inst["dur"][2:]]
+    idle = np.full((1, T), C.IDLE, np.int8)
+    best = min(cost for r0, r1, a0, a1 in itertools.product(*rec, *one)
+               for cost, bad in [C.check_schedule(inst, base, solar, price, [r0, r1], [a0, a1], idle)]
+               if not any(bad.values()))
+    return best + C.battery_dispatch(0.25 / 1000 * price, inst["cap"][0], inst["m"][0], inst["eff"][0])[0]
+
+
+def test_mip_equals_brute_force(tmp_path):
+    inst, base, solar, price = tiny(tmp_path)
+    best = brute_force(inst, base, solar, price)
+    for battery in ("dp", "mip"):
+        mip = C.build_mip(inst, base, solar, battery)
+        label = C.solve(mip, price, gap=0.0, time_limit=60)
+        assert label["objective"] == pytest.approx(best, abs=1e-6), battery
+        cost, bad = C.check_schedule(inst, base, solar, price, label["recurring_start"], label["oneoff_start"],
+                                     label["battery_state"])
+        assert not any(bad.values()) and cost == pytest.approx(best, abs=1e-6)
+        assert label["gap"] <= 1e-9 and label["status"] == "optimal"
+
+
+def test_mip_keeps_grid_nonnegative_where_it_can_bind(tmp_path):
+    inst, base, solar, price = tiny(tmp_path)
+    solar = solar.copy()
+    solar[40:60] = base[40:60] - 10                    # less headroom than the battery can discharge
+    price = np.abs(price) + 50
+    mip = C.build_mip(inst, base, solar, "auto")
+    assert mip["battery"] == "mip"
+    label = C.solve(mip, price, gap=0.0, time_limit=60)
+    cost, bad = C.check_schedule(inst, base, solar, price, label["recurring_start"], label["oneoff_start"],
+                                 label["battery_state"])
+    assert not any(bad.values()) and cost == pytest.approx(label["objective"])
+    with pytest.raises(ValueError, match="not exact"):
+        C.build_mip(inst, base, solar, "dp")
+
+
+def test_gurobi_backend_agrees_or_falls_back(tmp_path, capsys):
+    pytest.importorskip("gurobipy")
+    inst, base, solar, price = tiny(tmp_path)
+    mip = C.build_mip(inst, base, solar, "dp")
+    label = C.solve(mip, price, solver="gurobi", gap=0.0, time_limit=60)
+    assert label["objective"] == pytest.approx(C.solve(C.build_mip(inst, base, solar, "dp"), price, gap=0.0)["objective"])
+
+
+# ---------------------------------------------------------------- STL price scenarios
+def test_stl_scenarios_keep_trend_seasonal_and_contiguous_blocks(tmp_path):
+    _, _, _, price = tiny(tmp_path, days=4)
+    parts = C.stl_parts(price)
+    trend, seasonal, resid = parts
+    assert np.allclose(trend + seasonal + resid, price)
+    for block in (96, 30):
+        scen, starts = C.price_scenario(parts, block, seed=3, index=7)
+        noise = scen - trend - seasonal
+        for p, s in zip(range(0, len(price), block), starts):
+            n = min(block, len(price) - p)
+            assert np.allclose(noise[p:p + n], resid[s:s + n])      # each block is one contiguous piece
+            assert s % C.DAY == p % C.DAY                             # at the same time of day
+        assert np.array_equal(scen, C.price_scenario(parts, block, 3, 7)[0])
+        assert not np.array_equal(scen, C.price_scenario(parts, block, 3, 8)[0])
+
+
+# ---------------------------------------------------------------- label generation resumes
+def test_labels_resume_without_duplicates(tmp_path):
+    inst, base, solar, price = tiny(tmp_path, days=3)
+    kw = dict(n=5, seed=4, workers=1, progress=False, gap=0.0, time_limit=30)
+    C.generate_labels(inst, base, solar, price, tmp_path / "a", limit=2, **kw)           # "killed" after 2
+    assert len(list((tmp_path / "a").glob("label_*.npz"))) == 2
+    (tmp_path / "a" / ".tmp-label_00002.npz").write_bytes(b"torn")                        # a torn write
+    summary = C.generate_labels(inst, base, solar, price, tmp_path / "a", **kw)
+    C.generate_labels(inst, base, solar, price, tmp_path / "b", **kw)                     # uninterrupted
+    assert summary["labels"] == 5 and summary["status"] == {"optimal": 5}
+    assert sorted(p.name for p in (tmp_path / "a").glob("label_*.npz")) == [f"label_{i:05d}.npz" for i in range(5)]
+    for i in range(5):
+        a, b = (C.load_label(tmp_path / d / f"label_{i:05d}.npz") for d in "ab")
+        assert a["index"] == i
+        for k in ("price", "recurring_start", "oneoff_start", "battery_state", "objective", "gap"):
+            assert np.array_equal(a[k], b[k]), k
+    with pytest.raises(SystemExit, match="other settings"):
+        C.generate_labels(inst, base, solar, price, tmp_path / "a", **{**kw, "seed": 5})
+
+
+# ---------------------------------------------------------------- the real data
+@needs_data
+def test_series_and_thesis_schedule_price_as_the_thesis():
+    price = C.read_price(SHARED)
+    base, solar = C.read_loads(SHARED, "forecast")
+    assert price.shape == base.shape == solar.shape == (2880,) and (price[::2] == price[1::2]).all()
+    raw = [r.split(",") for r in (SHARED / "thesis_inputs/Forecasts-sample.csv").read_text().split()]
+    raw_base = sum(np.array(r[1:], float) for r in raw if r[0].startswith("Building"))
+    assert np.allclose(base[44:], raw_base[:-44]) and np.allclose(base[:44], raw_base[52:96])
+    actual = C.read_loads(SHARED, "actual")
+    assert all(np.isfinite(x).all() and x.shape == (2880,) for x in actual)
+    inst = C.read_instance(SHARED / "instances/phase2_instance_small_0.txt")
+    cost, bad = C.check_schedule(inst, base, solar, price, *C.thesis_schedule(SHARED / "thesis_mip_results/small_0", inst))
+    assert not any(bad.values()) and cost == pytest.approx(C.THESIS_SMALL0, abs=0.005)
+
+
+def test_cli_help_and_shard_errors(capsys):
+    with pytest.raises(SystemExit):
+        C.parse_args(["--shard", "3/2"])
+    assert "--shard: expected k/n" in capsys.readouterr().err
+    assert C.parse_args(["--mode", "labels", "--shard", "1/4"]).shard == (1, 4)

@@ -9,6 +9,10 @@ machine slows both alike. The reference runs once per shape (3 times when quick)
 where it takes more than --ref-limit seconds. GPU rows give the achieved memory bandwidth (the
 bytes each kernel must move: forward reads z, writes the one-hot and the index; backward reads z, g
 and the index, writes the gradient) as a share of the card's peak.
+
+On a machine shared with other jobs, times with 2+ threads can be dominated by OpenMP worker threads
+spin-waiting for a CPU (libgomp's default wait policy), for both implementations alike;
+OMP_WAIT_POLICY=passive shows the kernels' own times there.
 """
 import argparse
 import os

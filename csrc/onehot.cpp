@@ -5,6 +5,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "onehot.h"
 #include "onehot_kernels.h"
 
@@ -19,6 +23,37 @@ PyObject* PyInit__ldf_ip_ops(void) {
 namespace ldf_ip {
 
 static int64_t grain(int64_t C) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / C); }
+
+// A new output of tens of MB is page-faulted in by the kernels' first writes, 4 KB a fault (~1.4 us
+// each: 20 ms for the 59 MB of a (256, 20, 2881) float32 head, more than the kernels take). Ask for
+// transparent huge pages on its 2 MB-aligned interior first, as c10's allocator does under
+// THP_MEM_ALLOC_ENABLE: 512 times fewer faults. Only from 32 MB, the size from which glibc always
+// maps a block of its own (below, the block is in the heap, where THP gave no gain and rare
+// stalls of tens of ms). A hint: ignored where THP is off or the memory is not anonymous; the
+// data is unchanged.
+static at::Tensor empty_output(const at::Tensor& like) {
+  at::Tensor t = at::empty(like.sizes(), like.options());
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr()), n = t.nbytes();
+  if (n >= (uintptr_t(32) << 20)) {
+    const uintptr_t b = (p + kHuge - 1) & ~(kHuge - 1), e = (p + n) & ~(kHuge - 1);
+    if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
+  }
+#endif
+  return t;
+}
+
+// The AVX2 kernels of onehot_kernels.h take contiguous rows (inner == 1) where the CPU has AVX2+FMA;
+// they leave what they do not handle (other C, the last < 8 rows of a chunk) to the loops below.
+static bool use_avx2(const Layout& L) {
+#ifdef LDF_HAVE_AVX2_KERNELS
+  return L.inner == 1 && avx2::cpu_has_avx2();
+#else
+  (void)L;
+  return false;
+#endif
+}
 
 // The row loops are compiled twice on x86-64 GCC, for AVX2+FMA and for the baseline, and picked at
 // load time (target_clones), so one build is both fast and portable; `flatten` inlines the row
@@ -36,7 +71,11 @@ LDF_CPU_CLONES void forward_rows(const T* z, T* out, int64_t* index, Layout L, i
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t b = o * L.C * L.inner + i;
     const int64_t m = argmax_row(z + b, L.C, L.inner);
-    if (L.inner == 1) std::fill(out + b, out + b + L.C, T(0));  // else out was zeroed
+    // every entry written here, in the same pass (no memset of out first)
+    if (L.inner == 1)
+      std::fill(out + b, out + b + L.C, T(0));
+    else
+      for (int64_t j = 0; j < L.C; ++j) out[b + j * L.inner] = T(0);
     out[b + m * L.inner] = T(1);
     index[r] = m;
     if (++i == L.inner) i = 0, ++o;
@@ -65,14 +104,18 @@ LDF_CPU_CLONES bool backward_rows(const T* g, const T* z, const int64_t* index, 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& z_in, double k, int64_t dim) {
   const Layout L = check_input(z_in, k, dim);
   const at::Tensor z = z_in.contiguous();
-  at::Tensor out = L.inner > 1 ? at::zeros(z.sizes(), z.options()) : at::empty(z.sizes(), z.options());
+  at::Tensor out = empty_output(z);
   at::Tensor index = at::empty(index_shape(z, dim), z.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "onehot_surrogate", [&] {
     const scalar_t* zp = z.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     int64_t* ip = index.mutable_data_ptr<int64_t>();
+    const bool simd = use_avx2(L);
     at::parallel_for(0, L.rows, grain(L.C), [&](int64_t r0, int64_t r1) {
-      forward_rows(zp, op, ip, L, r0, r1);
+#ifdef LDF_HAVE_AVX2_KERNELS
+      if (simd) r0 = avx2::forward_rows(zp, op, ip, L.C, r0, r1);  // leaves the rows it does not do
+#endif
+      if (r0 < r1) forward_rows(zp, op, ip, L, r0, r1);
     });
   });
   return {out, index};
@@ -82,15 +125,23 @@ at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& z_in, const at
                         double k, int64_t dim) {
   const Layout L = check_backward(grad, z_in, index_in, k, dim);
   const at::Tensor z = z_in.contiguous(), g = grad.contiguous(), index = index_in.contiguous();
-  at::Tensor gz = at::empty(z.sizes(), z.options());
+  at::Tensor gz = empty_output(z);
   std::atomic<bool> ok{true};
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "onehot_surrogate_backward", [&] {
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const scalar_t* zp = z.const_data_ptr<scalar_t>();
     const int64_t* ip = index.const_data_ptr<int64_t>();
     scalar_t* gzp = gz.mutable_data_ptr<scalar_t>();
+    const bool simd = use_avx2(L);
     at::parallel_for(0, L.rows, grain(L.C), [&](int64_t r0, int64_t r1) {
-      if (!backward_rows(gp, zp, ip, gzp, L, static_cast<scalar_t>(k), r0, r1)) ok = false;
+#ifdef LDF_HAVE_AVX2_KERNELS
+      if (simd) r0 = avx2::backward_rows(gp, zp, ip, gzp, L.C, static_cast<scalar_t>(k), r0, r1);
+      if (r0 < 0) {  // an index out of range
+        ok = false;
+        return;
+      }
+#endif
+      if (r0 < r1 && !backward_rows(gp, zp, ip, gzp, L, static_cast<scalar_t>(k), r0, r1)) ok = false;
     });
   });
   TORCH_CHECK(ok, "onehot_surrogate_backward: index out of range [0, ", L.C, ")");

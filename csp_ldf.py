@@ -1,23 +1,17 @@
 #!/usr/bin/env python3
-"""Class scheduling (CSP) with the Lagrangian dual framework, thesis chapter 4 (Keegan 2023).
+"""Class scheduling (CSP) with the Lagrangian dual framework, thesis chapter 4 (Keegan 2023), in one file:
+instances (4.1) -> price scenarios (4.2) -> MIP labels (4.1) -> model -> loss -> train -> evaluate (4.3-4.4).
 
-In the thesis' order: instances (4.1) -> price scenarios (4.2) -> MIP labels (4.1) -> model -> loss
--> train -> evaluate (the last four arrive with the networks).
-
-Time is 2880 slots of 15 min, November 2020 local time (AEDT): slot t is day t // 96 (day 0 is
-Sunday 1 Nov), time of day t % 96 (9:00 = 36, 17:00 = 68). A schedule in *decision form*, as labels
-store it and as the networks will predict it:
-  recurring_start[a]   option 32*weekday + offset: weekday 0..4 = Monday..Friday of the first week
-                       that contains a Monday, offset 0..31 = slots after 9:00; valid when
-                       offset + duration <= 32 (ends by 17:00). The class repeats every week.
-  oneoff_start[a]      start slot 0..2879 (the class ends the day it starts), or 2880 = unscheduled.
-  battery_state[b, t]  0 = charge, 1 = idle, 2 = discharge (the challenge's submission codes).
-Cost: sum_t 0.25/1000 * price_t * grid_t - sum of one-off values, grid_t = base_t - solar_t +
-class load_t + sum_b (m_b/sqrt(eff_b) [charge] - m_b*sqrt(eff_b) [discharge]) >= 0; a battery starts
-full and moves 0.25*m_b kWh per slot (the thesis' c9 and network code dropped the 0.25).
+2880 slots of 15 min, November 2020 AEDT: slot t is day t // 96 (day 0 = Sunday 1 Nov), time t % 96 (9:00 = 36).
+Decision form (labels and networks): recurring_start[a] = option 32*weekday + offset (weekday 0..4 of the first
+week with a Monday, offset = slots after 9:00, ends by 17:00, repeats weekly); oneoff_start[a] = slot 0..2879 or
+2880 = unscheduled; battery_state[b, t] = 0 charge / 1 idle / 2 discharge. Cost: sum_t 0.25/1000 price_t grid_t
+- one-off values; grid >= 0; a battery starts full and moves 0.25 m_b kWh a slot (the thesis dropped the 0.25).
 """
 import argparse
+import contextlib
 import datetime
+import io
 import json
 import math
 import multiprocessing
@@ -28,16 +22,19 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-from common import atomic_write_bytes, atomic_write_json, nonnegative_float, positive_float, positive_int, set_seed
+import common
+from common import (atomic_write_bytes, atomic_write_json, nonnegative_float, nonnegative_int, positive_float,
+                    positive_int, set_seed)
 
 DAY, NINE, FIVE = 96, 36, 68                   # slots per day; 9:00 and 17:00 as slots of the day
 WEEK_OPTIONS = 32                              # recurring offsets 9:00..16:45 -> option = 32*weekday + offset
 NOVEMBER = dict(days=30, first_weekday=datetime.date(2020, 11, 1).weekday())  # Sunday
 CHARGE, IDLE, DISCHARGE = 0, 1, 2
 THESIS_SMALL0 = 16530.94                       # thesis_mip_results/small_0/Info.txt, Gurobi, 1% gap
-DOWNLOAD = ("the IEEE-CIS 3rd Technical Challenge data (IEEE DataPort, 'IEEE-CIS Technical Challenge on "
-            "Predict+Optimize for Renewable Energy Scheduling'); see ../shared/data/ieee_cis/README.md for the layout")
 
 
 # ================================================================ 4.1 instances and time series
@@ -47,8 +44,8 @@ def find_data_dir(arg=None):
     for d in [arg, os.environ.get("CSP_DATA_DIR"), here / "data/ieee_cis", here.parent / "shared/data/ieee_cis"]:
         if d and (Path(d) / "instances").is_dir():
             return Path(d)
-    raise SystemExit(f"CSP data not found (--data-dir, $CSP_DATA_DIR, data/ieee_cis/, ../shared/data/ieee_cis/): "
-                     f"download {DOWNLOAD}")
+    raise SystemExit("CSP data not found (--data-dir, $CSP_DATA_DIR, data/ieee_cis/, ../shared/data/ieee_cis/): "
+                     "get the IEEE-CIS 3rd Technical Challenge data; ../shared/data/ieee_cis/README.md has the layout")
 
 
 LINE_FORMAT = {  # tag: (field types, what the line must look like); '*' = that many predecessor ids follow
@@ -62,8 +59,7 @@ LINE_FORMAT = {  # tag: (field types, what the line must look like); '*' = that 
 
 
 def read_instance(path):
-    """Parse a challenge `ppoi` file. Classes are numbered recurring first, then once-off; a malformed
-    line raises ValueError naming the file, the line number and what was expected."""
+    """Parse a `ppoi` file (classes: recurring, then once-off); errors name file, line and expected form."""
     path = Path(path)
     header, rooms, batteries, cls = None, np.zeros(2, int), [], []
     for no, line in enumerate(path.read_text().splitlines(), 1):
@@ -73,8 +69,9 @@ def read_instance(path):
         types, form = LINE_FORMAT.get(f[0], (None, "a line starting with ppoi, b, s, c, r or a"))
         try:
             assert types is not None and (header is not None) == (f[0] != "ppoi")
-            vals = [int(x) if t == "i" else float(x) if t == "f" else "SL".index(x) for t, x in zip(types.rstrip("*"), f[1:])]
             n_fixed = len(types.rstrip("*"))
+            vals = [int(x) if t == "i" else float(x) if t == "f" else "SL".index(x)
+                    for t, x in zip(types[:n_fixed], f[1:])]
             extra = [int(x) for x in f[1 + n_fixed:]]
             assert len(vals) == n_fixed and len(extra) == (vals[-1] if types.endswith("*") else 0)
             if f[0] == "ppoi":
@@ -95,8 +92,7 @@ def read_instance(path):
         except (AssertionError, ValueError, IndexError):
             raise ValueError(f"{path}:{no}: expected '{form}', got {line.strip()!r}") from None
     if header is None or len(batteries) != header[2] or len(cls) != header[3] + header[4]:
-        raise ValueError(f"{path}: header 'ppoi ...' does not match the {len(batteries)} c, "
-                         f"{len(cls)} r/a lines that follow (or is missing)")
+        raise ValueError(f"{path}: header 'ppoi ...' missing or not matching {len(batteries)} c, {len(cls)} r/a lines")
     inst = {k: np.array([c[k] for c in cls]) for k in ("oneoff", "rooms", "large", "load", "dur", "value", "penalty")}
     cap, m, eff = (np.array(x, float).reshape(-1) for x in zip(*batteries)) if batteries else [np.zeros(0)] * 3
     inst.update(name=path.stem, n_rec=header[3], n_oneoff=header[4], prec=[c["prec"] for c in cls],
@@ -114,26 +110,21 @@ def read_price(data_dir):
 
 
 def read_loads(data_dir, which="forecast"):
-    """(base load, solar) in kW for the 2880 local slots: sums of the Building* and Solar* series.
-    forecast: the thesis' Forecasts-sample.csv (UTC), shifted 11 h to AEDT as the thesis does
-    (drop the last 44 values, prepend values 52..95). actual: nov_data.tsf from 2020-10-31 13:00 UTC;
-    a missing value ('?') becomes the series' November mean at that time of day."""
+    """(base load, solar) kW per slot: sums of the Building*/Solar* series. forecast: the thesis' Forecasts-sample.csv
+    (UTC) shifted 11 h to AEDT as the thesis does (drop the last 44 values, prepend values 52..95); actual: the real
+    November values of nov_data.tsf from 2020-10-31 13:00 UTC, a missing '?' filled by its time-of-day mean."""
     series = {}
     if which == "forecast":
         for row in (data_dir / "thesis_inputs/Forecasts-sample.csv").read_text().splitlines():
             name, *vals = row.split(",")
-            v = np.array(vals, float)
-            series[name] = np.concatenate([v[52:96], v[:-44]])
-    else:
-        start = datetime.datetime(2020, 10, 31, 13)
-        for row in (data_dir / "energy_tsf/nov_data.tsf").read_text().splitlines():
-            if not row.strip() or row[0] in "#@":
-                continue
+            series[name] = np.concatenate([np.array(vals[52:96], float), np.array(vals[:-44], float)])
+    for row in (data_dir / "energy_tsf/nov_data.tsf").read_text().splitlines() if which == "actual" else []:
+        if row.strip() and row[0] not in "#@":
             name, stamp, vals = row.split(":", 2)
-            i = int((start - datetime.datetime.strptime(stamp, "%Y-%m-%d %H-%M-%S")).total_seconds()) // 900
+            i = int((datetime.datetime(2020, 10, 31, 13) - datetime.datetime.strptime(stamp, "%Y-%m-%d %H-%M-%S"))
+                    .total_seconds()) // 900
             v = np.array([np.nan if x == "?" else float(x) for x in vals.split(",")[i:i + 2880]]).reshape(30, DAY)
-            seen = (~np.isnan(v)).sum(0)
-            fill = np.where(seen > 0, np.nansum(v, 0) / np.maximum(seen, 1), np.nanmean(v))
+            fill = np.nanmean(np.where(np.isnan(v).all(0), np.nanmean(v), v), 0)    # series mean if a slot is never seen
             series[name] = np.where(np.isnan(v), fill, v).reshape(-1)
     total = lambda p: sum(v for k, v in series.items() if k.startswith(p))
     return total("Building"), total("Solar")
@@ -141,41 +132,21 @@ def read_loads(data_dir, which="forecast"):
 
 # ================================================================ 4.2 price scenarios
 def stl_parts(price):
-    """STL decomposition (statsmodels, seasonal period one day = 96 slots): trend, seasonal, residual."""
-    from statsmodels.tsa.seasonal import STL
+    from statsmodels.tsa.seasonal import STL         # trend, seasonal (period one day), residual
     fit = STL(price, period=DAY).fit()
     return np.asarray(fit.trend), np.asarray(fit.seasonal), np.asarray(fit.resid)
 
 
 def price_scenario(parts, block, seed, index):
-    """One scenario (thesis 4.2): trend + seasonal + residual blocks of `block` slots drawn with
-    replacement and concatenated to the month. A block that fills slots p..p+block starts at a slot
-    with the same time of day as p (so a day-long block is one whole day of residuals).
-    Returns (prices, block starts); seeded by (seed, index), so any shard makes the same scenario."""
+    """Thesis 4.2: trend + seasonal + residual blocks drawn with replacement, each from the same time of day
+    as the slot it fills. Returns (prices, block starts); seeded by (seed, index)."""
     trend, seasonal, resid = parts
-    rng, T = np.random.default_rng([seed, index]), len(resid)
-    out, starts = np.empty(T), []
+    rng, T, out, starts = np.random.default_rng([seed, index]), len(resid), np.empty(len(resid)), []
     for p in range(0, T, block):
-        n = min(block, T - p)
-        choices = np.arange(p % DAY, T - n + 1, DAY)
-        s = int(rng.choice(choices)) if len(choices) else int(rng.integers(0, T - n + 1))
-        out[p:p + n] = resid[s:s + n]
-        starts.append(s)
+        n, choices = min(block, T - p), np.arange(p % DAY, T - min(block, T - p) + 1, DAY)
+        starts.append(int(rng.choice(choices)) if len(choices) else int(rng.integers(0, T - n + 1)))
+        out[p:p + n] = resid[starts[-1]:starts[-1] + n]
     return trend + seasonal + out, np.array(starts)
-
-
-def plot_figure2(price, parts, path, n=3, block=DAY, seed=0):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(12, 4))
-    for i in range(n):
-        ax.plot(price_scenario(parts, block, seed, i)[0], lw=0.6, alpha=0.8, label=f"scenario {i}")
-    ax.plot(price, "k", lw=0.8, label="VIC1 RRP, Nov 2020")
-    ax.set(xlabel="slot (15 min, from 1 Nov 2020 00:00 AEDT)", ylabel="$/MWh", title="Figure 2: price scenarios")
-    ax.legend()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    print(f"wrote {path}")
 
 
 # ================================================================ 4.1 the MIP
@@ -185,8 +156,7 @@ def weekdays(inst):
 
 
 def day_windows(inst):
-    """Earliest and latest allowed day of each class from the precedence graph (recurring: weekday
-    0..4; once-off: day of the month). A predecessor must run on an earlier day."""
+    """Earliest and latest day (weekday 0..4 or day of month) of each class from the precedence graph."""
     n, n_rec = len(inst["dur"]), inst["n_rec"]
     lo, hi = np.zeros(n, int), np.where(np.arange(n) < n_rec, 4, inst["days"] - 1)
     for _ in range(n + 1):
@@ -202,11 +172,8 @@ def day_windows(inst):
 
 
 def start_columns(inst):
-    """The thesis' columns: one binary per (class, allowed start). Returns a dict with per-column
-    class, start (option or slot), day (weekday or day of month) and value, plus `cover`, the
-    slot x column incidence matrix (CSC, 1 where the column's class runs)."""
-    wd, monday = weekdays(inst)
-    lo, hi = day_windows(inst)
+    """One binary column per (class, allowed start): class, start, day, value, and `cover` (slot x column)."""
+    (wd, monday), (lo, hi) = weekdays(inst), day_windows(inst)
     cls, start, day, value, slots = [], [], [], [], []
     for a, dur in enumerate(inst["dur"]):
         if a < inst["n_rec"]:
@@ -214,19 +181,16 @@ def start_columns(inst):
             for d in range(lo[a], hi[a] + 1):
                 occ = np.arange(monday + d, inst["days"], 7)
                 if len(occ):
-                    start.append(WEEK_OPTIONS * d + offs)
-                    day.append(np.full(len(offs), d))
-                    value.append(np.zeros(len(offs)))
-                    cls.append(np.full(len(offs), a))
+                    for lst, x in zip((start, day, value, cls), (WEEK_OPTIONS * d + offs, d, 0.0, a)):
+                        lst.append(np.broadcast_to(x, offs.shape))
                     slots += [(occ[:, None] * DAY + NINE + o + np.arange(dur)).ravel() for o in offs]
         else:
             d, s = np.divmod(np.arange(lo[a] * DAY, inst["days"] * DAY), DAY)
             d, s = d[s + dur <= DAY], s[s + dur <= DAY]
             business = (wd[d] < 5) & (s >= NINE) & (s + dur <= FIVE)
-            start.append(d * DAY + s)
-            day.append(d)
-            value.append(np.where(business, inst["value"][a], inst["value"][a] - inst["penalty"][a]))
-            cls.append(np.full(len(d), a))
+            worth = inst["value"][a] - inst["penalty"][a] * ~business
+            for lst, x in zip((start, day, value, cls), (d * DAY + s, d, worth, a)):
+                lst.append(np.broadcast_to(x, d.shape))
             slots += list(start[-1][:, None] + np.arange(dur))
     if not all(np.isin(np.arange(inst["n_rec"]), np.concatenate(cls))):
         raise ValueError(f"{inst['name']}: a recurring class has no feasible start")
@@ -238,146 +202,89 @@ def start_columns(inst):
 
 
 def build_mip(inst, base, solar, battery="auto"):
-    """Rows and columns of the thesis' MIP as sparse arrays, everything but the price-dependent
-    objective. battery='dp': the grid >= 0 rows can never bind (base - solar >= every battery
-    discharging at once), so the batteries separate from the classes and battery_dispatch solves
-    them exactly; 'mip': batteries as binaries z^c, z^d and charge C inside the MIP; 'auto': dp when
-    exact. Precedence uses running sums E[p, d] = [p scheduled before day d] (sparse rows)."""
+    """The thesis' class MIP as sparse arrays, all but the objective; precedence by running sums E[p, d] = [p
+    scheduled before day d]. The batteries separate (battery_dispatch, exact) when grid >= 0 cannot bind, i.e.
+    base - solar covers every battery discharging at once: true by >= 142 kW for all 20 instances."""
     cols, T = start_columns(inst), len(base)
-    n_x, B = len(cols["cls"]), len(inst["cap"])
-    headroom = base - solar - np.sum(inst["m"] * np.sqrt(inst["eff"]))
-    if battery == "auto":
-        battery = "dp" if (headroom >= 0).all() else "mip"
-    if battery == "dp" and (headroom < 0).any():
-        raise ValueError("--battery dp is not exact here: grid >= 0 can bind; use mip")
-    preds = sorted({p for ps in inst["prec"] for p in ps})
-    n_days = np.where(np.array(preds) < inst["n_rec"], 5, inst["days"]) if preds else []
-    e_index, n = {}, n_x                                  # E[p, d] for d >= 1
-    for p, nd in zip(preds, n_days):
-        for d in range(1, nd):
-            e_index[p, d], n = n, n + 1
-    zc = n + np.arange(B * T).reshape(B, T) if battery == "mip" else None
-    n_var = n + (3 * B * T if battery == "mip" else 0)
+    n_x = len(cols["cls"])
+    if battery not in ("auto", "dp") or (base - solar - np.sum(inst["m"] * np.sqrt(inst["eff"])) < 0).any():
+        raise ValueError("grid >= 0 can bind here: the batteries do not separate (batteries in the MIP: git history)")
+    preds = sorted({p for ps in inst["prec"] for p in ps})      # running sums E[p, d] for d >= 1, then their columns
+    e_keys = [(p, d) for p in preds for d in range(1, 5 if p < inst["n_rec"] else inst["days"])]
+    e_index, n = {k: n_x + i for i, k in enumerate(e_keys)}, n_x + len(e_keys)
     R, C, V, lo, hi = [], [], [], [], []                  # triplets and row bounds
 
-    def rows(cols_per_row, vals_per_row, lower, upper):
-        for c, v in zip(cols_per_row, vals_per_row):
-            R.append(np.full(len(c), len(lo)))
-            C.append(np.asarray(c))
-            V.append(np.asarray(v, float))
-            lo.append(lower)
-            hi.append(upper)
+    def row(c, v, lower, upper):
+        for lst, x in zip((R, C, V, lo, hi), (np.full(len(c), len(lo)), c, np.asarray(v, float), lower, upper)):
+            lst.append(x)
 
     by_class = [np.flatnonzero(cols["cls"] == a) for a in range(len(inst["dur"]))]
     for a, k in enumerate(by_class):                      # each recurring class once, each once-off at most once
-        rows([k], [np.ones(len(k))], 1.0 if a < inst["n_rec"] else -np.inf, 1.0)
+        row(k, np.ones(len(k)), 1.0 if a < inst["n_rec"] else -np.inf, 1.0)
     room_use = cols["cover"].multiply(inst["rooms"][cols["cls"]]).tocsr()
     for size, cap in ((0, inst["n_small"]), (1, inst["n_large"])):
-        use = room_use @ sp.diags((inst["large"][cols["cls"]] == size).astype(float))
-        use = use.tocsr()
+        use = (room_use @ sp.diags((inst["large"][cols["cls"]] == size).astype(float))).tocsr()
         for t in range(T):                                # room limits, where they can bind
             a, b = use.indptr[t], use.indptr[t + 1]
             if use.data[a:b].sum() > cap:
-                rows([use.indices[a:b]], [use.data[a:b]], -np.inf, cap)
-    for p in preds:                                       # E[p,d] - E[p,d-1] - sum_{k of p on day d-1} x_k = 0
-        for d in range(1, 5 if p < inst["n_rec"] else inst["days"]):
-            k = by_class[p][cols["day"][by_class[p]] == d - 1]
-            prev = [e_index[p, d - 1]] if d > 1 else []
-            rows([[e_index[p, d], *prev, *k]], [[1.0, *[-1.0] * len(prev), *[-1.0] * len(k)]], 0.0, 0.0)
+                row(use.indices[a:b], use.data[a:b], -np.inf, cap)
+    for p, d in e_keys:                                   # E[p,d] - E[p,d-1] - sum_{k of p on day d-1} x_k = 0
+        k = by_class[p][cols["day"][by_class[p]] == d - 1]
+        prev = [e_index[p, d - 1]] if d > 1 else []
+        row([e_index[p, d], *prev, *k], [1.0, *[-1.0] * len(prev), *[-1.0] * len(k)], 0.0, 0.0)
     for a, ps in enumerate(inst["prec"]):                 # sum_{k of a on day d} x_k <= E[p, d]
         for d in np.unique(cols["day"][by_class[a]]):
             k = by_class[a][cols["day"][by_class[a]] == d]
             for p in ps:
-                rows([[*k, e_index[p, d]]], [[*np.ones(len(k)), -1.0]], -np.inf, 0.0)
-    kinds = np.r_[np.ones(n_x), np.zeros(n - n_x)]
-    lower, upper = np.zeros(n_var), np.ones(n_var)
-    if battery == "mip":
-        for b in range(B):                                # C_t - C_{t-1} - 0.25 m (zc - zd) = 0, C_-1 = cap
-            m, zd, ch = inst["m"][b], zc[b] + B * T, zc[b] + 2 * B * T
-            for t in range(T):
-                rows([[ch[t], zc[b, t], zd[t], *([ch[t - 1]] if t else [])]], [[1, -0.25 * m, 0.25 * m, -1][:3 + (t > 0)]],
-                     inst["cap"][b] if t == 0 else 0.0, inst["cap"][b] if t == 0 else 0.0)
-                rows([[zc[b, t], zd[t]]], [[1.0, 1.0]], -np.inf, 1.0)
-            upper[ch] = inst["cap"][b]
-        gain = np.r_[inst["m"] / np.sqrt(inst["eff"]), -inst["m"] * np.sqrt(inst["eff"])]
-        load = cols["cover"].multiply(inst["load"][cols["cls"]] * inst["rooms"][cols["cls"]]).tocsr()
-        for t in np.flatnonzero(headroom < 0):            # grid_t >= 0 where it can bind
-            a, b = load.indptr[t], load.indptr[t + 1]
-            rows([[*load.indices[a:b], *zc[:, t], *(zc[:, t] + B * T)]], [[*load.data[a:b], *gain]],
-                 solar[t] - base[t], np.inf)
-        kinds = np.r_[kinds, np.ones(2 * B * T), np.zeros(B * T)]
-    A = sp.csc_matrix((np.concatenate(V), (np.concatenate(R), np.concatenate(C))), shape=(len(lo), n_var))
+                row([*k, e_index[p, d]], [*np.ones(len(k)), -1.0], -np.inf, 0.0)
+    A = sp.csc_matrix((np.concatenate(V), (np.concatenate(R), np.concatenate(C))), shape=(len(lo), n))
     e_key = np.array(list(e_index), int).reshape(-1, 2)
-    return dict(inst=inst, cols=cols, base=base, solar=solar, battery=battery, n_x=n_x, zc=zc, A=A,
+    return dict(inst=inst, cols=cols, base=base, solar=solar, battery="dp", n_x=n_x, A=A,
                 e_cls=e_key[:, 0], e_day=e_key[:, 1], e_col=np.array(list(e_index.values()), int),
-                row_lo=np.array(lo), row_hi=np.array(hi), col_lo=lower, col_hi=upper, integer=kinds.astype(bool),
+                row_lo=np.array(lo), row_hi=np.array(hi), col_lo=np.zeros(n), col_hi=np.ones(n),
+                integer=np.arange(n) < n_x,
                 load=cols["cover"].multiply(inst["load"][cols["cls"]] * inst["rooms"][cols["cls"]]).tocsc())
 
 
 def battery_dispatch(c, cap, m, eff):
-    """Exact cheapest charge/idle/discharge sequence for one battery when it is independent of the
-    rest (cost c_t per kW of grid power per slot): dynamic programming over the reachable charge
-    levels cap - k * 0.25 m. Returns (cost, states); ties prefer idle."""
+    """Exact cheapest states of one independent battery (cost c_t per kW): DP over charge levels cap - k 0.25 m."""
     K, T = int(math.floor(cap / (0.25 * m) + 1e-9)), len(c)
-    V, choice = np.zeros(K + 1), np.empty((T, K + 1), np.int8)
-    order = np.array([IDLE, CHARGE, DISCHARGE])
+    V, choice, order = np.zeros(K + 1), np.empty((T, K + 1), np.int8), np.array([IDLE, CHARGE, DISCHARGE])
     for t in range(T - 1, -1, -1):                        # k = slots of 0.25 m below full
-        opts = np.full((3, K + 1), np.inf)
-        opts[0] = V
+        opts = np.stack([V, np.full(K + 1, np.inf), np.full(K + 1, np.inf)])
         opts[1, 1:] = c[t] * m / math.sqrt(eff) + V[:-1]  # charge: k -> k-1
         opts[2, :-1] = -c[t] * m * math.sqrt(eff) + V[1:]  # discharge: k -> k+1
         best = opts.argmin(0)
         choice[t], V = order[best], opts[best, np.arange(K + 1)]
     states, k = np.empty(T, np.int8), 0
-    for t in range(T):
+    for t in range(T):                                    # charge -> k-1, idle -> k, discharge -> k+1
         states[t] = choice[t, k]
-        k -= 1 - states[t]                                # charge -> k-1, idle -> k, discharge -> k+1
+        k -= 1 - states[t]
     return float(V[0]), states
 
 
 def objective(mip, price):
     """Column costs and constant of the objective for one price series."""
-    c, inst = 0.25 / 1000 * price, mip["inst"]
-    cost = np.zeros(mip["A"].shape[1])
+    c, inst, cost = 0.25 / 1000 * price, mip["inst"], np.zeros(mip["A"].shape[1])
     cost[:mip["n_x"]] = mip["load"].T @ c - mip["cols"]["value"]
-    offset = float(c @ (mip["base"] - mip["solar"]))
-    states = None
-    if mip["battery"] == "dp":
-        runs = [battery_dispatch(c, *(inst[k][b] for k in ("cap", "m", "eff"))) for b in range(len(inst["cap"]))]
-        offset += sum(r[0] for r in runs)
-        states = np.array([r[1] for r in runs], np.int8).reshape(len(runs), len(c))
-    else:
-        B, T = mip["zc"].shape
-        cost[mip["zc"].ravel()] = np.outer(inst["m"] / np.sqrt(inst["eff"]), c).ravel()
-        cost[mip["zc"].ravel() + B * T] = -np.outer(inst["m"] * np.sqrt(inst["eff"]), c).ravel()
-    return cost, offset, states
+    runs = [battery_dispatch(c, *(inst[k][b] for k in ("cap", "m", "eff"))) for b in range(len(inst["cap"]))]
+    offset = float(c @ (mip["base"] - mip["solar"])) + sum(r[0] for r in runs)
+    return cost, offset, np.array([r[1] for r in runs], np.int8).reshape(len(runs), len(c))
 
 
 def decision_form(mip, x, states):
     """Solver column values -> (recurring_start, oneoff_start, battery_state)."""
-    inst, cols, T = mip["inst"], mip["cols"], len(mip["base"])
-    starts = np.full(len(inst["dur"]), T)
-    on = np.flatnonzero(x[:mip["n_x"]] > 0.5)
+    inst, cols, on = mip["inst"], mip["cols"], np.flatnonzero(x[:mip["n_x"]] > 0.5)
+    starts = np.full(len(inst["dur"]), len(mip["base"]))
     starts[cols["cls"][on]] = cols["start"][on]
-    if states is None:
-        B = mip["zc"].shape[0]
-        zc, zd = x[mip["zc"]] > 0.5, x[mip["zc"] + B * T] > 0.5
-        states = np.where(zc, CHARGE, np.where(zd, DISCHARGE, IDLE)).astype(np.int8)
     return starts[:inst["n_rec"]], starts[inst["n_rec"]:], states
 
 
 def start_vector(mip, label):
-    """A stored schedule as a full column vector (x, running sums E, batteries): every constraint but
-    the objective is price-independent, so any earlier label is a feasible warm start."""
+    """A stored schedule as a column vector: constraints ignore price, so any label is a feasible warm start."""
     cols, x = mip["cols"], np.zeros(mip["A"].shape[1])
     want = np.r_[label["recurring_start"], label["oneoff_start"]]
     x[:mip["n_x"]] = want[cols["cls"]] == cols["start"]
-    if mip["battery"] == "mip":
-        B, T = mip["zc"].shape
-        st, ch = label["battery_state"], np.cumsum(0.25 * mip["inst"]["m"][:, None] * (
-            (label["battery_state"] == CHARGE) * 1.0 - (label["battery_state"] == DISCHARGE)), axis=1)
-        x[mip["zc"]], x[mip["zc"] + B * T] = st == CHARGE, st == DISCHARGE
-        x[mip["zc"] + 2 * B * T] = mip["inst"]["cap"][:, None] + ch
     day = np.where(np.arange(len(want)) < mip["inst"]["n_rec"], want // WEEK_OPTIONS, want // DAY)
     done = want < len(mip["base"])                        # E[p, d] = [p scheduled before day d]
     x[mip["e_col"]] = done[mip["e_cls"]] & (day[mip["e_cls"]] < mip["e_day"])
@@ -387,26 +294,20 @@ def start_vector(mip, label):
 def highs_model(mip, integer, threads):
     import highspy
     h, lp, A = highspy.Highs(), highspy.HighsLp(), mip["A"]
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("threads", threads)
-    lp.num_col_, lp.num_row_ = A.shape[1], A.shape[0]
-    lp.col_cost_, lp.col_lower_, lp.col_upper_ = np.zeros(A.shape[1]), mip["col_lo"], mip["col_hi"]
-    lp.row_lower_, lp.row_upper_ = mip["row_lo"], mip["row_hi"]
+    h.setOptionValue("output_flag", False), h.setOptionValue("threads", threads)
+    lp.num_col_, lp.num_row_, lp.col_cost_, lp.col_lower_ = A.shape[1], A.shape[0], np.zeros(A.shape[1]), mip["col_lo"]
+    lp.col_upper_, lp.row_lower_, lp.row_upper_ = mip["col_hi"], mip["row_lo"], mip["row_hi"]
     lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
     lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A.indptr, A.indices, A.data
     if integer:
-        lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
-                           for i in mip["integer"]]
+        lp.integrality_ = [highspy.HighsVarType(int(i)) for i in mip["integer"]]   # 1 = kInteger, 0 = kContinuous
     h.passModel(lp)
     return h
 
 
 def solve_highs(mip, price, gap=0.01, time_limit=600.0, threads=1, start=None, seed=0):
-    """HiGHS in three steps, all on the thesis' MIP: (1) its LP relaxation (warm basis from the last
-    scenario) gives a valid lower bound; (2) the MIP restricted to the columns that can pay
-    (recurring classes, once-off starts whose value exceeds their energy cost, the LP's support and
-    the warm start's) gives a schedule; (3) only when that is not proven within `gap` by the bound,
-    the unrestricted MIP continues from it until the gap or the time limit."""
+    """HiGHS: (1) the LP relaxation bounds; (2) the MIP on the columns that can pay (recurring, profitable
+    one-off starts, LP and warm-start support) schedules; (3) only if not within `gap`, the full MIP goes on."""
     import highspy
     t0, n = time.perf_counter(), mip["A"].shape[1]
     cost, offset, states = objective(mip, price)
@@ -414,19 +315,14 @@ def solve_highs(mip, price, gap=0.01, time_limit=600.0, threads=1, start=None, s
         mip["highs"], mip["highs_lp"] = highs_model(mip, True, threads), highs_model(mip, False, threads)
     h, relax, idx = mip["highs"], mip["highs_lp"], np.arange(n, dtype=np.int32)
     for m in (h, relax):
-        m.changeColsCost(n, idx, cost)
-        m.changeObjectiveOffset(offset)
+        m.changeColsCost(n, idx, cost), m.changeObjectiveOffset(offset)
     relax.run()
     bound, x_lp = relax.getInfo().objective_function_value, np.array(relax.getSolution().col_value)
     x0 = None if start is None else start_vector(mip, start)
     pays = (mip["cols"]["cls"] < mip["inst"]["n_rec"]) | (cost[:mip["n_x"]] < 0) | (x_lp[:mip["n_x"]] > 1e-6)
-    if x0 is not None:
-        pays |= x0[:mip["n_x"]] > 0.5
-    best = None
+    pays, best = pays if x0 is None else pays | (x0[:mip["n_x"]] > 0.5), None
     for keep in (pays, np.ones(mip["n_x"], bool)):
-        upper = mip["col_hi"].copy()
-        upper[:mip["n_x"]] = keep
-        h.changeColsBounds(n, idx, mip["col_lo"], upper)
+        h.changeColsBounds(n, idx, mip["col_lo"], np.r_[keep, mip["col_hi"][mip["n_x"]:]].astype(float))
         left = time_limit - (time.perf_counter() - t0)
         for k, v in dict(mip_rel_gap=gap, time_limit=max(left, 0.01), random_seed=seed).items():
             h.setOptionValue(k, v)
@@ -451,32 +347,23 @@ def solve_highs(mip, price, gap=0.01, time_limit=600.0, threads=1, start=None, s
                 **dict(zip(("recurring_start", "oneoff_start", "battery_state"), decision_form(mip, best[1], states))))
 
 
-def solve_gurobi(mip, price, gap=0.01, time_limit=600.0, threads=1, start=None, seed=0):
-    """gurobipy with the same matrices; returns None (after saying so) when its licence refuses the size."""
+def solve_gurobi(mip, price, gap=0.01, time_limit=600.0, threads=1, seed=0, **_):
+    """gurobipy on the same matrices, no warm start; None when its licence refuses the size (then HiGHS)."""
     import gurobipy as gp
-    cost, offset, states = objective(mip, price)
-    with gp.Env(params=dict(OutputFlag=0)) as env, gp.Model(env=env) as g:
-        x = g.addMVar(len(cost), lb=mip["col_lo"], ub=mip["col_hi"], obj=cost,
-                      vtype=np.where(mip["integer"], "B", "C").tolist())
-        A = mip["A"].tocsr()
-        for sense, rows, rhs in (("=", mip["row_lo"] == mip["row_hi"], mip["row_lo"]),
-                                 ("<", np.isinf(mip["row_lo"]), mip["row_hi"]),
-                                 (">", np.isinf(mip["row_hi"]), mip["row_lo"])):
-            if rows.any():
-                g.addMConstr(A[rows], x, sense, rhs[rows])
+    (cost, offset, states), lo, hi = objective(mip, price), mip["row_lo"], mip["row_hi"]
+    with gp.Env(params=dict(OutputFlag=0, MIPGap=gap, TimeLimit=time_limit, Threads=threads, Seed=seed)) as env:
+        g = gp.Model(env=env)
+        x = g.addMVar(len(cost), lb=mip["col_lo"], ub=mip["col_hi"], obj=cost, vtype=np.where(mip["integer"], "B", "C"))
+        g.addMConstr(mip["A"].tocsr(), x, np.where(lo == hi, "=", np.where(np.isinf(lo), "<", ">")),
+                     np.where(np.isinf(lo), hi, lo))
         g.ObjCon = offset
-        g.Params.MIPGap, g.Params.TimeLimit, g.Params.Threads, g.Params.Seed = gap, time_limit, threads, seed
-        if start is not None:
-            x.Start = start_vector(mip, start)
         try:
             g.optimize()
         except gp.GurobiError as e:
-            print(f"gurobipy cannot solve this model ({A.shape[1]} columns, {A.shape[0]} rows): {e}; "
-                  f"falling back to HiGHS", file=sys.stderr)
-            return None
-        return dict(solver="gurobi", status={2: "Optimal", 9: "Time limit reached"}.get(g.Status, str(g.Status)),
-                    objective=g.ObjVal, bound=g.ObjBound, gap=g.MIPGap, seconds=g.Runtime,
-                    **dict(zip(("recurring_start", "oneoff_start", "battery_state"), decision_form(mip, x.X, states))))
+            return print(f"gurobipy cannot solve this model ({e}): HiGHS instead", file=sys.stderr)
+        return dict(solver="gurobi", status="optimal" if g.Status == 2 else "time limit", objective=g.ObjVal,
+                    gap=g.MIPGap, bound=g.ObjBound, seconds=g.Runtime,
+                    **dict(zip(LABEL_KEYS, decision_form(mip, x.X, states))))
 
 
 def solve(mip, price, solver="highs", **kw):
@@ -484,40 +371,33 @@ def solve(mip, price, solver="highs", **kw):
     return label or solve_highs(mip, price, **kw)
 
 
-def check_schedule(inst, base, solar, price, recurring_start, oneoff_start, battery_state):
-    """Independent checker: recompute every constraint family and the cost from the decision form
-    alone (no solver columns). Returns (cost, violations by family); all zero means feasible."""
-    T, wd_monday = len(price), weekdays(inst)
-    wd, monday = wd_monday
-    bad = dict(start=0, rooms=0, precedence=0, battery=0, power=0, oneoff=0)
+def check_schedule(inst, base, solar, price, recurring_start, oneoff_start, battery_state, detail=None):
+    """Independent checker: every constraint family and the cost from the decision form alone -> (cost, violations
+    by family). A dict `detail` gets the charge, room use (small/large) and per precedence pair the days too late."""
+    T, (wd, monday), value = len(price), weekdays(inst), 0.0
+    bad = dict(start=0, rooms=0, precedence=0, battery=0, power=0,
+               oneoff=int(len(recurring_start) != inst["n_rec"] or len(oneoff_start) != inst["n_oneoff"]))
     rooms, load, day_of = np.zeros((2, T)), np.zeros(T), {}
-    starts = np.r_[recurring_start, oneoff_start].astype(int)
-    bad["oneoff"] = int(len(recurring_start) != inst["n_rec"] or len(oneoff_start) != inst["n_oneoff"])
-    value = 0.0
-    for a, (s, dur) in enumerate(zip(starts, inst["dur"])):
-        if a < inst["n_rec"]:
-            d, off = divmod(s, WEEK_OPTIONS)
-            if not (0 <= d < 5 and 0 <= off and off + dur <= WEEK_OPTIONS and monday + d < inst["days"]):
-                bad["start"] += 1
-                continue
-            runs = [(day * DAY + NINE + off) for day in range(monday + d, inst["days"], 7)]
-        elif s == T:
+    for a, (s, dur) in enumerate(zip(np.r_[recurring_start, oneoff_start].astype(int), inst["dur"])):
+        rec = a < inst["n_rec"]
+        if not rec and s == T:                          # an unscheduled once-off
             continue
-        else:
-            d, off = divmod(s, DAY)
-            if not (0 <= s < T and off + dur <= DAY):
-                bad["start"] += 1
-                continue
-            runs = [s]
+        d, off = divmod(s, WEEK_OPTIONS if rec else DAY)
+        if not (0 <= d < 5 and 0 <= off and off + dur <= WEEK_OPTIONS and monday + d < inst["days"] if rec
+                else 0 <= s < T and off + dur <= DAY):
+            bad["start"] += 1
+            continue
+        runs = [day * DAY + NINE + off for day in range(monday + d, inst["days"], 7)] if rec else [s]
+        if not rec:
             value += inst["value"][a] - inst["penalty"][a] * (not (wd[d] < 5 and off >= NINE and off + dur <= FIVE))
         day_of[a] = d
         for r in runs:
             rooms[inst["large"][a], r:r + dur] += inst["rooms"][a]
             load[r:r + dur] += inst["rooms"][a] * inst["load"][a]
     bad["rooms"] = int((rooms[0] > inst["n_small"]).sum() + (rooms[1] > inst["n_large"]).sum())
-    for a, ps in enumerate(inst["prec"]):
-        if a in day_of:
-            bad["precedence"] += sum(p not in day_of or day_of[p] >= day_of[a] for p in ps)
+    late = [(p not in day_of) or max(0, day_of[p] + 1 - day_of[a]) if a in day_of else 0
+            for a, ps in enumerate(inst["prec"]) for p in ps]
+    bad["precedence"] = int(np.count_nonzero(late))
     st = np.asarray(battery_state).reshape(len(inst["cap"]), T)
     bad["battery"] += int((~np.isin(st, [CHARGE, IDLE, DISCHARGE])).sum())
     zc, zd = (st == CHARGE) * 1.0, (st == DISCHARGE) * 1.0
@@ -525,38 +405,22 @@ def check_schedule(inst, base, solar, price, recurring_start, oneoff_start, batt
     bad["battery"] += int(((charge < -1e-6) | (charge > inst["cap"][:, None] + 1e-6)).sum())
     grid = base - solar + load + (inst["m"] / np.sqrt(inst["eff"])) @ zc - (inst["m"] * np.sqrt(inst["eff"])) @ zd
     bad["power"] = int((grid < -1e-6).sum())
+    if detail is not None:
+        detail.update(charge=charge, rooms=rooms, prec=np.array(late, float))
     return float(0.25 / 1000 * price @ grid - value), bad
-
-
-def thesis_schedule(folder, inst):
-    """The thesis' Gurobi solution (thesis_mip_results/small_i: Schedule.txt, Battery_b_Storage.txt)
-    in decision form, so that check_schedule can price it under this model."""
-    starts = np.full(len(inst["dur"]), DAY * inst["days"])
-    for line in (Path(folder) / "Schedule.txt").read_text().splitlines():
-        a, d, hhmm = int(line.split()[1][1:-1]), int(line.split()[3]) - 1, line.split()[4].split("-")[0]
-        slot = 4 * int(hhmm.split(":")[0]) + int(hhmm.split(":")[1]) // 15
-        starts[a] = WEEK_OPTIONS * d + slot - NINE if a < inst["n_rec"] else d * DAY + slot
-    states = []
-    for b, (cap, m) in enumerate(zip(inst["cap"], inst["m"])):
-        soc = [float(v) for row in (Path(folder) / f"Battery_{b}_Storage.txt").read_text().splitlines()
-               for v in row.split(":")[1].split()]
-        step = np.round(np.diff(np.r_[cap, soc]) / (0.25 * m)).astype(int)
-        states.append(np.select([step > 0, step < 0], [CHARGE, DISCHARGE], IDLE))
-    return starts[:inst["n_rec"]], starts[inst["n_rec"]:], np.array(states, np.int8)
 
 
 # ================================================================ label generation
 LABEL_KEYS = ("recurring_start", "oneoff_start", "battery_state", "objective", "bound", "gap", "status", "solver",
               "seconds")
+_WORKER = {}                                     # per solver process: the MIP, STL parts and reference label
 
 
 def save_label(path, label, price, inst, base, solar, **extra):
     """Check the schedule (zero violations, same cost) and write it atomically as one .npz."""
     cost, bad = check_schedule(inst, base, solar, price, *(label[k] for k in LABEL_KEYS[:3]))
     if any(bad.values()) or abs(cost - label["objective"]) > 1e-6 * max(1.0, abs(cost)):
-        raise RuntimeError(f"{path.name}: the solver's schedule fails the checker: {bad}, cost {cost} "
-                           f"vs objective {label['objective']}")
-    import io
+        raise RuntimeError(f"{path.name}: the checker finds {bad}, cost {cost} vs objective {label['objective']}")
     buf = io.BytesIO()
     np.savez(buf, price=price, **{k: label[k] for k in LABEL_KEYS}, **extra)
     atomic_write_bytes(path, buf.getvalue())
@@ -567,14 +431,11 @@ def load_label(path):
         return {k: z[k].item() if z[k].ndim == 0 else z[k] for k in z.files}
 
 
-_WORKER = {}
-
-
 def _solve_scenario(job):
-    """Worker: label scenario i, warm-started from the reference (model built once per process)."""
+    """Worker: label scenario i, warm-started from the reference (model built once per process and folder)."""
     cfg, i = job
-    if "mip" not in _WORKER:
-        _WORKER.update(mip=build_mip(cfg["inst"], cfg["base"], cfg["solar"], cfg["battery"]),
+    if _WORKER.get("out") != cfg["out"]:
+        _WORKER.update(out=cfg["out"], mip=build_mip(cfg["inst"], cfg["base"], cfg["solar"], cfg["battery"]),
                        parts=stl_parts(cfg["price"]), ref=load_label(cfg["out"] / "reference.npz"))
     price, _ = price_scenario(_WORKER["parts"], cfg["block"], cfg["seed"], i)
     label = solve(_WORKER["mip"], price, start=_WORKER["ref"], **cfg["solve"])
@@ -585,119 +446,445 @@ def _solve_scenario(job):
 
 def generate_labels(inst, base, solar, price, out, n, seed=0, block=DAY, workers=1, shard=(0, 1), battery="auto",
                     limit=None, progress=True, **solve_kw):
-    """Label scenarios 0..n-1 of `inst` (this shard's: i % shard[1] == shard[0]) into out/label_#####.npz,
-    skipping those already there (resume). All are warm-started from out/reference.npz, the label of
-    the real price, made first if missing, so a label does not depend on interrupts, workers or shards."""
+    """Label this shard's scenarios of 0..n-1 into out/label_#####.npz, skipping those there (resume), all
+    warm-started from out/reference.npz (the real price's label) so a label does not depend on interrupts."""
     from tqdm import tqdm
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out := Path(out)).mkdir(parents=True, exist_ok=True)
     config = dict(instance=inst["name"], seed=seed, block=block, battery=battery, **solve_kw)
     if (out / "config.json").exists() and json.loads((out / "config.json").read_text()) != config:
         raise SystemExit(f"{out} holds labels made with other settings ({out / 'config.json'}): use another --out")
     atomic_write_json(out / "config.json", config)
-    cfg = dict(inst=inst, base=base, solar=solar, price=price, out=out, seed=seed, block=block, battery=battery,
-               solve=solve_kw)
+    cfg = dict(inst=inst, base=base, solar=solar, price=price, out=out, solve=solve_kw, **config)
     if not (out / "reference.npz").exists():
         label = solve(build_mip(inst, base, solar, battery), price, **solve_kw)
         save_label(out / "reference.npz", label, price, inst, base, solar, index=-1, seed=seed, block=block)
     todo = [i for i in range(shard[0], n, shard[1]) if not (out / f"label_{i:05d}.npz").exists()][:limit]
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
-    results = (pool.imap_unordered if pool else map)(_solve_scenario, [(cfg, i) for i in todo])
-    with tqdm(results, total=len(todo), disable=not progress, desc=f"labels {inst['name']}", unit="label") as bar:
-        for label in bar:
-            bar.set_postfix(s=f"{label['seconds']:.1f}", gap=f"{label['gap']:.4f}")
-    if pool:
-        pool.close()
-        pool.join()
+    with multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        results = (pool.imap_unordered if pool else map)(_solve_scenario, [(cfg, i) for i in todo])
+        with tqdm(results, total=len(todo), disable=not progress, desc=f"labels {inst['name']}", unit="label") as bar:
+            for label in bar:
+                bar.set_postfix(s=f"{label['seconds']:.1f}", gap=f"{label['gap']:.4f}")
     return summarise(out)
 
 
 def summarise(out):
-    recs = [load_label(p) for p in sorted(Path(out).glob("label_*.npz"))]
-    if not recs:
+    if not (recs := [load_label(p) for p in sorted(Path(out).glob("label_*.npz"))]):
         return {}
-    secs, gaps = np.array([r["seconds"] for r in recs]), np.array([r["gap"] for r in recs])
-    summary = dict(labels=len(recs), seconds_mean=secs.mean(), seconds_median=float(np.median(secs)),
-                   seconds_max=secs.max(), gap_mean=gaps.mean(), gap_max=gaps.max(),
-                   status={s: sum(r["status"] == s for r in recs) for s in {r["status"] for r in recs}},
-                   solver=sorted({r["solver"] for r in recs}))
+    secs, gaps = (np.array([r[k] for r in recs]) for k in ("seconds", "gap"))
+    summary = dict(labels=len(recs), seconds_mean=secs.mean(), seconds_median=np.median(secs), seconds_max=secs.max(),
+                   gap_mean=gaps.mean(), gap_max=gaps.max(), solver=sorted({r["solver"] for r in recs}),
+                   status={s: sum(r["status"] == s for r in recs) for s in {r["status"] for r in recs}})
     atomic_write_json(Path(out) / "summary.json", summary)
     return summary
 
 
+# ================================================================ 4.3 model
+NEG = -1e9                                     # logit of a start that the solver's columns rule out
+ARCH = ("conv", "kernels", "pool", "mixer", "head")
+
+
+def load_dataset(inst, base, solar, folder, seed=0, limit=None):
+    """The (first `limit`) labels in `folder` as arrays, split 80/10/10 by a seeded permutation."""
+    if len(recs := [load_label(p) for p in sorted(Path(folder).glob("label_*.npz"))[:limit]]) < 3:
+        raise SystemExit(f"{folder}: {len(recs)} labels; make some with --mode labels first")
+    ds = dict(inst=inst, base=base, solar=solar, **{k: np.array([r[key] for r in recs], t) for k, key, t in (
+        ("price", "price", float), ("rec", "recurring_start", int), ("one", "oneoff_start", int), ("gap", "gap", float),
+        ("bat", "battery_state", int), ("obj", "objective", float), ("seconds", "seconds", float))})
+    ds["fallback"] = (ds["rec"][0], ds["one"][0])   # a feasible class schedule for any price
+    perm, n = np.random.default_rng(seed).permutation(len(recs)), max(1, len(recs) // 10)
+    ds["split"] = dict(test=np.sort(perm[:n]), val=np.sort(perm[n:2 * n]), train=np.sort(perm[2 * n:]))
+    return ds
+
+
+def head_features(inst):
+    """Per head, scaled to max 1: rooms, large, load, duration, value, penalty, #predecessors | cap, m, eff."""
+    f = np.zeros((len(inst["dur"]) + len(inst["cap"]), 7))
+    f[:len(inst["dur"])] = np.stack([inst[k] for k in ("rooms", "large", "load", "dur", "value", "penalty")]
+                                    + [[len(p) for p in inst["prec"]]], 1)
+    f[len(inst["dur"]):, :3] = np.stack([inst["cap"], inst["m"], inst["eff"]], 1)
+    return torch.tensor(f / np.maximum(np.abs(f).max(0), 1e-9), dtype=torch.float32)
+
+
+def option_masks(inst, T):
+    """The starts the solver's columns allow (duration, day windows of the precedences); 'unscheduled' too."""
+    cols, n_rec = start_columns(inst), inst["n_rec"]
+    rec, one = np.zeros((n_rec, 5 * WEEK_OPTIONS), bool), np.zeros((len(inst["dur"]) - n_rec, T + 1), bool)
+    r, one[:, T] = cols["cls"] < n_rec, True
+    rec[cols["cls"][r], cols["start"][r]] = one[cols["cls"][~r] - n_rec, cols["start"][~r]] = True
+    return torch.from_numpy(rec), torch.from_numpy(one)
+
+
+def _uniform(*shape, fan_in):
+    return nn.Parameter(torch.empty(*shape).uniform_(-fan_in ** -0.5, fan_in ** -0.5))
+
+
+class CSPNet(nn.Module):
+    """Conv1d x3 (BN, ReLU), max-pool -> mixer MLP -> a head per class and battery (w1 -> w2 -> options) as grouped
+    products: one matmul (shared input), one bmm, one bmm per output size. Starts the MIP rules out get NEG."""
+
+    def __init__(self, inst, T, conv=(64, 128, 64), kernels=(8, 5, 3), pool=32, mixer=(2048, 1024), head=(512, 256)):
+        super().__init__()
+        layers, c_in, L = [], 3, T
+        for c, k in zip(conv, kernels):
+            layers, c_in, L = layers + [nn.Conv1d(c_in, c, k), nn.BatchNorm1d(c), nn.ReLU()], c, L - k + 1
+        self.features = nn.Sequential(*layers, nn.MaxPool1d(pool), nn.Flatten())
+        mix, n = [], c_in * (L // pool)
+        for w in mixer:
+            mix, n = mix + [nn.Linear(n, w), nn.BatchNorm1d(w), nn.ReLU()], w
+        self.mixer = nn.Sequential(*mix)
+        self.register_buffer("feats", head_features(inst))
+        H, nf, (w1, w2) = *self.feats.shape, head
+        self.groups = ((inst["n_rec"], 5 * WEEK_OPTIONS), (inst["n_oneoff"], T + 1), (len(inst["cap"]), 3 * T))
+        self.w1, self.w1f = nn.Linear(n, H * w1), _uniform(H, nf, w1, fan_in=n + nf)
+        self.w2, self.b2 = _uniform(H, w1, w2, fan_in=w1), _uniform(H, 1, w2, fan_in=w1)
+        self.bn1, self.bn2 = nn.BatchNorm1d(H * w1), nn.BatchNorm1d(H * w2)
+        self.w3 = nn.ParameterList([_uniform(k, w2, o, fan_in=w2) for k, o in self.groups])
+        self.b3 = nn.ParameterList([_uniform(k, 1, o, fan_in=w2) for k, o in self.groups])
+        for name, mask in zip(("mask_rec", "mask_one"), option_masks(inst, T)):
+            self.register_buffer(name, mask)
+
+    def forward(self, x):
+        z = self.mixer(self.features(x))
+        B, H = len(z), len(self.feats)
+        h = self.w1(z) + torch.einsum("hf,hfo->ho", self.feats, self.w1f).reshape(-1)
+        h = torch.baddbmm(self.b2, F.relu(self.bn1(h)).view(B, H, -1).transpose(0, 1), self.w2)   # (H, B, w2)
+        h = F.relu(self.bn2(h.transpose(0, 1).reshape(B, -1))).view(B, H, -1).transpose(0, 1)
+        ends = np.cumsum([0] + [k for k, _ in self.groups])
+        rec, one, bat = (torch.baddbmm(b, h[i:j], w).transpose(0, 1)      # (batch, heads of a kind, options)
+                         for i, j, w, b in zip(ends, ends[1:], self.w3, self.b3))
+        return dict(rec=rec.masked_fill(~self.mask_rec, NEG), one=one.masked_fill(~self.mask_one, NEG),
+                    bat=bat.reshape(B, bat.shape[1], -1, 3))
+
+
+def make_model(ds, cfg):
+    return CSPNet(ds["inst"], ds["price"].shape[1], **{k: cfg[k] for k in ARCH})
+
+
+def inputs(ds, norm):
+    """(N, 3, T): price, base load and solar, each standardised with the training set's mean and std."""
+    x = np.stack(np.broadcast_arrays(ds["price"], ds["base"], ds["solar"]), 1)
+    return torch.tensor((x - norm["mean"][:, None]) / norm["std"][:, None], dtype=torch.float32)
+
+
+# ================================================================ 4.3 loss
+def label_loss(out, ds, rows):
+    """Cross-entropy of every head; per instance, the mean over each kind's heads summed over the three kinds."""
+    ce = lambda z, y: F.cross_entropy(z.flatten(0, -2), y.flatten(), reduction="none").view(len(y), -1).mean(1)
+    return sum(ce(out[k], torch.as_tensor(ds[k][rows])) for k in ("rec", "one", "bat"))
+
+
+def battery_charge(onehot, cap, m):
+    """Charge (batch, battery, slot) of one-hot states (charge, idle, discharge): starts full, moves 0.25 m a slot."""
+    return cap[:, None] + torch.cumsum((onehot[..., CHARGE] - onehot[..., DISCHARGE]) * (0.25 * m)[:, None], -1)
+
+
+def battery_violation(logits, inst, k=20.0):
+    """nu_b (eq. 18): mean over batteries and slots of max(0, -C) + max(0, C - cap) of the argmax states, with the
+    surrogate gradient of common.onehot_surrogate (eq. 16)."""
+    cap, m = (torch.as_tensor(inst[x], dtype=logits.dtype) for x in ("cap", "m"))
+    charge = battery_charge(common.onehot_surrogate(logits, k), cap, m)
+    return (F.relu(-charge) + F.relu(charge - cap[:, None])).mean((1, 2))
+
+
+# ================================================================ 4.3 train
+def predict(model, x, batch=32):
+    with torch.no_grad():
+        outs = [model.eval()(x[i:i + batch]) for i in range(0, len(x), batch)]
+    return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+
+
+def raw_decode(out):
+    return tuple(out[k].argmax(-1).numpy() for k in ("rec", "one", "bat"))
+
+
+def train(args, ds, run_dir):
+    """FC (label loss) or LDF (+ lambda_b nu_b, lambda_b by eq. 20 after each epoch), selected by validation AR
+    (fc) or mu-loss (ldf) into best_<ar|mu>.pt; last.pt holds the optimizer and state to resume."""
+    ldf, idx, run_dir, crit = args.model == "ldf", ds["split"], Path(run_dir), "mu" if args.model == "ldf" else "ar"
+    pre = torch.load(args.pretrained, weights_only=False) if args.pretrained else None
+    cfg = {**vars(args), **({k: pre["config"][k] for k in ARCH} if pre else {})}
+    raw = inputs(ds, dict(mean=np.zeros(3), std=np.ones(3))).numpy()[idx["train"]]
+    norm = pre["norm"] if pre else dict(mean=raw.mean((0, 2)), std=raw.std((0, 2)) + 1e-6)
+    x, _ = inputs(ds, norm), set_seed(args.seed)
+    model = make_model(ds, cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)   # one pass (CPU too)
+    state = dict(epoch=0, multiplier=args.lambda0 if ldf else 0.0, history=[], best={}, since_best=0)
+    resume = (run_dir / "last.pt").exists() and not args.fresh
+    ck = torch.load(run_dir / "last.pt", weights_only=False) if resume else pre
+    if resume and ck["config"]["model"] != args.model:
+        raise SystemExit(f"{run_dir}/last.pt is a {ck['config']['model']} run: pass --fresh or another --run-dir")
+    if ck:                                               # last.pt to resume, else --pretrained
+        model.load_state_dict(ck["model"])
+    if resume:
+        opt.load_state_dict(ck["optimizer"])
+        state = ck["state"]
+        print(f"resuming {run_dir}/last.pt at epoch {state['epoch']} (lambda_b {state['multiplier']:.4g})")
+    save = lambda name, **kw: common.atomic_torch_save(dict(model=model.state_dict(), norm=norm, config=cfg, split=idx,
+                                                            epoch=state["epoch"], **kw), run_dir / name)
+    for epoch in range(state["epoch"], args.epochs):
+        t0, sums = time.perf_counter(), np.zeros(3)
+        perm = np.random.default_rng([args.seed, epoch]).permutation(idx["train"])
+        for b in range(0, len(perm) - 1, args.batch_size):     # (batch norm needs two rows)
+            rows = np.sort(perm[b:b + args.batch_size])
+            out = model.train()(x[rows])
+            lab = label_loss(out, ds, rows)
+            nu = battery_violation(out["bat"], ds["inst"], args.k) if ldf else torch.zeros_like(lab)
+            loss = (lab + state["multiplier"] * nu).mean()
+            if not torch.isfinite(loss):
+                raise SystemExit(f"loss {loss.item()} in epoch {epoch}: lower --lr or --step ({run_dir}/last.pt: good)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if args.max_grad_norm > 0:                  # (the thesis' misspelt config key never clipped)
+                nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            opt.step()
+            sums += [loss.item() * len(rows), lab.sum().item(), nu.sum().item()]
+        out = predict(model, x[idx["val"]])
+        val_nu = battery_violation(out["bat"], ds["inst"]).numpy()
+        if ldf:                                          # eq. 20: lambda_b += step * sum of nu_b over the epoch
+            state["multiplier"] = common.subgradient_step(state["multiplier"], args.step, sums[2])
+        n, state["epoch"] = len(idx["train"]), epoch + 1
+        row = dict(epoch=epoch + 1, loss=sums[0] / n, label_loss=sums[1] / n, nu_b=sums[2] / n,
+                   val_ar=evaluate_schedules(ds, idx["val"], raw_decode(out))["ar_mean"], val_nu_b=val_nu.mean(),
+                   val_mu_loss=common.mu_loss(label_loss(out, ds, idx["val"]).numpy(), val_nu, args.mu),
+                   multiplier=state["multiplier"], seconds=time.perf_counter() - t0)
+        state["history"].append(row)
+        value = row["val_mu_loss" if ldf else "val_ar"]
+        state["since_best"] += 1
+        if value < state["best"].get(crit, (math.inf,))[0]:
+            state["best"][crit], state["since_best"] = (value, epoch + 1), 0
+            save(f"best_{crit}.pt", selected_by=crit, value=value)
+        save("last.pt", optimizer=opt.state_dict(), state=state)
+        print(" ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
+        if state["since_best"] >= args.patience:
+            break
+    return run_dir / f"best_{crit}.pt"
+
+
+# ================================================================ 4.4 evaluate
+FAMILIES = ("battery min", "battery capacity", "min or capacity", "small rooms", "large rooms", "precedence")
+DECODES = ("raw", "repaired", "redispatched")
+THESIS = {"fc": (89.5, 1.136), "ldf": (58.0, 1.177)}   # the thesis: min-or-capacity % of slots violated, mean AR
+
+
+def repair_batteries(states, inst):
+    """Forward over slots: a charge or discharge that would leave [0, cap] becomes idle."""
+    st, step, cap = states.copy(), 0.25 * inst["m"], inst["cap"]
+    charge = np.broadcast_to(cap, st.shape[:-1]).astype(float)
+    for t in range(st.shape[-1]):
+        move = ((st[..., t] == CHARGE) * 1.0 - (st[..., t] == DISCHARGE)) * step
+        bad = (charge + move < -1e-6) | (charge + move > cap + 1e-6)
+        st[..., t][bad], charge = IDLE, charge + np.where(bad, 0.0, move)
+    return st
+
+
+def repair_classes(logits, inst, T, fallback):
+    """Greedy in precedence order (recurring first, then the most confident ready class): each class at its best
+    allowed start that keeps rooms and precedence feasible, else unscheduled -> (recurring, one-off, fell back)."""
+    n_rec, n, (_, monday) = inst["n_rec"], len(inst["dur"]), weekdays(inst)
+    use, room_cap = np.zeros((2, inst["days"], DAY)), np.array([inst["n_small"], inst["n_large"]])
+    conf = [np.exp(l.max() - np.logaddexp.reduce(l)) for l in logits]
+    start, day, todo = np.full(n, -1), np.full(n, -1), set(range(n))
+    while todo:
+        a = max((a for a in todo if not todo & set(inst["prec"][a])), key=lambda a: (a < n_rec, conf[a]))
+        todo.remove(a)
+        dur, size, need, ok = inst["dur"][a], inst["large"][a], inst["rooms"][a], logits[a] > NEG / 2
+        earliest = max([day[p] + 1 if start[p] >= 0 else np.inf for p in inst["prec"][a]], default=0)
+        if a < n_rec:                                   # the busiest week of each weekday
+            occ = np.stack([use[size, monday + d::7, NINE:FIVE].max(0, initial=0) for d in range(5)])
+        else:
+            occ = use[size]
+        fits = np.lib.stride_tricks.sliding_window_view(occ, dur, 1).max(-1) + need <= room_cap[size]
+        grid = np.zeros((len(occ), occ.shape[1] if a >= n_rec else WEEK_OPTIONS), bool)
+        grid[:, :fits.shape[1]] = fits & (np.arange(len(occ)) >= earliest)[:, None]
+        ok[:grid.size] &= grid.reshape(-1)
+        if not ok.any():                                # a recurring class fits nowhere
+            return *fallback, True
+        s = int(np.argmax(np.where(ok, logits[a], -np.inf)))
+        if a < n_rec:
+            start[a], day[a] = s, s // WEEK_OPTIONS
+            use[size, monday + day[a]::7, NINE + s % WEEK_OPTIONS:NINE + s % WEEK_OPTIONS + dur] += need
+        elif s < T:
+            start[a], day[a] = s, s // DAY
+            use[size, day[a], s % DAY:s % DAY + dur] += need
+    return start[:n_rec], np.where(start[n_rec:] < 0, T, start[n_rec:]), False
+
+
+def repaired_decode(out, ds):
+    cls = [repair_classes(list(r) + list(o), ds["inst"], ds["price"].shape[1], ds["fallback"])
+           for r, o in zip(out["rec"].double().numpy(), out["one"].double().numpy())]
+    rec, one, fell = (np.array(x) for x in zip(*cls))
+    return rec, one, repair_batteries(raw_decode(out)[2], ds["inst"]), fell
+
+
+def evaluate_schedules(ds, rows, sched):
+    """Through the checker: AR (eq. 17), % feasible, and per family (Tables 7-8) % of constraint instances violated
+    and violation degree (kWh; rooms over; precedence pairs: days too late, 1 if the predecessor is missing)."""
+    inst, cost, bad, fam = ds["inst"], [], [], []
+    for j, i in enumerate(rows):
+        det = {}
+        c, b = check_schedule(inst, ds["base"], ds["solar"], ds["price"][i], *(s[j] for s in sched[:3]), detail=det)
+        low, high = np.maximum(0, -det["charge"]), np.maximum(0, det["charge"] - inst["cap"][:, None])
+        fam.append([(100 * (v > 1e-6).mean(), v.mean(), v.max()) if v.size else (0.0, 0.0, 0.0) for v in (
+            low, high, low + high, np.maximum(0, det["rooms"][0] - inst["n_small"]),
+            np.maximum(0, det["rooms"][1] - inst["n_large"]), det["prec"])])
+        cost, bad = cost + [c], bad + [sum(b.values())]
+    ar, fam = common.approximation_ratio(cost, ds["obj"][rows], gap=ds["gap"][rows]), np.array(fam)
+    return dict(ar_mean=ar.mean(), ar_max=ar.max(), ar_min=ar.min(), feasible_pct=100 * np.mean(np.array(bad) == 0),
+                fam={f: dict(pct_mean=v[:, 0].mean(), pct_max=v[:, 0].max(), degree_mean=v[:, 1].mean(),
+                             degree_avg_max=v[:, 2].mean()) for f, v in zip(FAMILIES, fam.transpose(1, 0, 2))})
+
+
+def evaluate(ds, checkpoints):
+    """Tables 7-9 on the test split per checkpoint, raw argmax and repaired, with times per instance."""
+    rows, results = ds["split"]["test"], {}
+    for name, path in checkpoints.items():
+        ck = torch.load(path, weights_only=False)
+        if not np.array_equal(ck["split"]["test"], rows):
+            print(f"warning: {path} was trained on another split (more labels since?)", file=sys.stderr)
+        model = make_model(ds, ck["config"])
+        model.load_state_dict(ck["model"])
+        x = inputs(ds, ck["norm"])[rows]
+        predict(model, x[:2])                           # warm-up
+        t = [time.perf_counter()]
+        out = predict(model, x, batch=len(rows))
+        t.append(time.perf_counter())
+        *rep, fell = repaired_decode(out, ds)
+        t.append(time.perf_counter())               # and the batteries re-dispatched exactly (DP) given the price
+        dp = [[battery_dispatch(0.25 / 1000 * ds["price"][i], *(ds["inst"][k][b] for k in ("cap", "m", "eff")))[1]
+               for b in range(len(ds["inst"]["cap"]))] for i in rows]
+        t.append(time.perf_counter())
+        results[name] = r = {d: evaluate_schedules(ds, rows, sch) for d, sch in zip(DECODES, (
+            raw_decode(out), rep, (*rep[:2], np.array(dp))))}
+        for d, ms in zip(DECODES, np.cumsum(np.diff(t)) * 1000 / len(rows)):
+            r[d]["ms"] = ms
+        r.update(fallbacks=int(fell.sum()), solver_s=ds["seconds"][rows].mean(), n_test=len(rows),
+                 n_train=len(ds["split"]["train"]), epoch=ck["epoch"])
+    return results
+
+
+def markdown(results):
+    """Tables 7 (% of constraint instances violated), 8 (violation degree) and 9 (AR, feasibility, time)."""
+    rows, thesis = [(f"{n} | {d}", r[d]) for n, r in results.items() for d in DECODES], sorted({*results} & {*THESIS})
+    head = "| model | decode | " + " | ".join(FAMILIES) + " |\n|" + "---|" * (len(FAMILIES) + 2)
+    fam = lambda a, b, f: [f"| {k} | " + " | ".join(f"{v[a]:{f}} / {v[b]:{f}}" for v in s["fam"].values()) + " |"
+                           for k, s in rows]
+    r = next(iter(results.values()))
+    return "\n".join([
+        "Table 7: % of constraint instances violated, mean / max over test instances\n", head,
+        *fam("pct_mean", "pct_max", ".1f"), *[f"| {n} (thesis) | raw | | | {THESIS[n][0]} / | | | |" for n in thesis],
+        "\nTable 8: violation degree, mean / average of each instance's max\n", head,
+        *fam("degree_mean", "degree_avg_max", ".3g"),
+        "\nTable 9: approximation ratio (eq. 17), feasibility and time\n",
+        "| model | decode | AR mean | AR max | AR min | feasible % | ms / instance (batched, CPU) |\n|" + "---|" * 7,
+        *[f"| {k} | " + " | ".join(f"{s[c]:.4f}" for c in ("ar_mean", "ar_max", "ar_min"))
+          + f" | {s['feasible_pct']:.0f} | {s['ms']:.1f} |" for k, s in rows],
+        *[f"| {n} (thesis) | raw | {THESIS[n][1]} | | | | |" for n in thesis],
+        f"\n{r['n_train']} training / {r['n_test']} test labels; solver {r['solver_s']:.1f} s per test label; selected "
+        "epoch and repairs that fell back to a label's classes: " + ", ".join(
+            f"{k} {v['epoch']}, {v['fallbacks']}" for k, v in results.items())])
+
+
+def run(args, ds):
+    """Train, copy the selected checkpoint to --save (default <model>.pt), evaluate it on the test split."""
+    run_dir, save = Path(args.run_dir or f"runs/csp-{args.model}"), Path(args.save or f"{args.model}.pt")
+    atomic_write_bytes(save, train(args, ds, run_dir).read_bytes())
+    results = evaluate(ds, {args.model: save})
+    atomic_write_json(run_dir / "results.json", results)
+    atomic_write_bytes(run_dir / "results.md", markdown(results).encode())
+    print(f"saved {save}\n{markdown(results)}")
+    return results
+
+
 # ================================================================ command line
+def int_list(text):                                   # argparse reports a ValueError: invalid int_list value
+    return tuple(int(x) for x in text.split(","))
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
-                                epilog="examples:\n"
-                                "  python csp_ldf.py --mode labels --instances 1000 --workers 2\n"
-                                "  python csp_ldf.py --mode labels --instances 10000 --shard 3/16   # job 3 of 16\n"
-                                "  python csp_ldf.py --mode validate      # small_0 against the thesis' 16530.94\n"
-                                "  python csp_ldf.py --mode figure2       # price scenarios over the real series")
-    p.add_argument("--mode", choices=["train", "labels", "validate", "figure2"], default="train",
-                   help="train: the networks (default; a later issue); labels: solver-labelled scenarios;\n"
-                        "validate: the MIP on small_0 against the thesis; figure2: plot price scenarios")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter,
+                                epilog="examples (see README):\n  python csp_ldf.py --mode labels --instances 1000 "
+                                "--workers 2\n  python csp_ldf.py --model fc; python csp_ldf.py --pretrained fc.pt\n"
+                                "  python csp_ldf.py --mode evaluate --checkpoints fc=fc.pt ldf=ldf.pt   # Tables 7-9")
+    p.add_argument("--mode", choices=["train", "evaluate", "labels", "validate", "figure2"], default="train")
     d = p.add_argument_group("data (thesis 4.1-4.2)")
     d.add_argument("--data-dir", help="challenge data (default: $CSP_DATA_DIR, data/ieee_cis, ../shared/data/ieee_cis)")
     d.add_argument("--instance", default="phase2_instance_small_0", help="instance file name without .txt")
     d.add_argument("--loads", choices=["forecast", "actual"], default="forecast",
-                   help="base load and solar: the thesis' forecast (default, as the thesis and its\n"
-                        "results) or the actual November 2020 values")
-    d.add_argument("--block", type=positive_int, default=DAY, help="residual block length in slots (default 96 = a day)")
-    d.add_argument("--seed", type=int, default=0, help="scenario seed (scenario i uses (seed, i))")
-    d.add_argument("--figure", default="data/figure2.png", help="where --mode figure2 writes")
+                   help="base load and solar: the thesis' forecasts (default: its inputs and results) or actual values")
+    d.add_argument("--block", type=positive_int, default=DAY, help="residual block in slots (default 96 = a day)")
+    d.add_argument("--seed", type=int, default=0, help="scenario seed (scenario i uses (seed, i)); also split and init")
+    d.add_argument("--max-labels", type=positive_int, help="train/evaluate on the first N labels only (fixed splits)")
     s = p.add_argument_group("labels (thesis 4.1 MIP)")
     s.add_argument("--instances", type=positive_int, default=1000, help="scenarios to label (default 1000)")
     s.add_argument("--workers", type=positive_int, default=2, help="solver processes (default 2)")
     s.add_argument("--shard", default="0/1", help="k/n: label only scenarios i with i %% n == k (job arrays)")
     s.add_argument("--out", default="data/csp_labels", help="label folder (default data/csp_labels)")
-    s.add_argument("--solver", choices=["highs", "gurobi"], default="highs",
-                   help="gurobi falls back to HiGHS when its licence refuses the model size")
+    s.add_argument("--solver", choices=["highs", "gurobi"], default="highs", help="gurobi falls back to HiGHS")
     s.add_argument("--gap", type=nonnegative_float, default=0.01, help="relative MIP gap (default 0.01, as the thesis)")
     s.add_argument("--time-limit", type=positive_float, default=300.0, help="seconds per label (default 300)")
     s.add_argument("--threads", type=positive_int, default=1, help="solver threads per worker (default 1)")
-    s.add_argument("--battery", choices=["auto", "dp", "mip"], default="auto",
-                   help="batteries by exact dynamic programming when separable (auto) or in the MIP")
+    s.add_argument("--battery", choices=["auto", "dp"], default="auto", help=argparse.SUPPRESS)  # label configs name it
+    t = p.add_argument_group("networks (thesis 4.3-4.4)")
+    t.add_argument("--model", choices=["fc", "ldf"], help="fc (default) or ldf (the default with --pretrained)")
+    t.add_argument("--pretrained", help="checkpoint to start from, e.g. fc.pt (its architecture and normalisation)")
+    t.add_argument("--save", help="the selected checkpoint (default <model>.pt)")
+    t.add_argument("--run-dir", help="last.pt, best_*.pt, results.{json,md} (default runs/csp-<model>)")
+    t.add_argument("--fresh", action="store_true", help="start over instead of resuming <run-dir>/last.pt")
+    t.add_argument("--checkpoints", nargs="+", default=["fc=fc.pt", "ldf=ldf.pt"], help="--mode evaluate: name=path")
+    for name, kind, default, what in (
+            ("epochs", positive_int, 30, ""), ("patience", positive_int, 10, "epochs without a better selection value"),
+            ("batch-size", positive_int, 16, ""), ("lr", positive_float, 1e-3, "Adam (thesis 1e-3)"),
+            ("step", nonnegative_float, 1e-3, "subgradient step of lambda_b, eq. 20 (thesis 1e-3)"),
+            ("lambda0", nonnegative_float, 0.0, "initial lambda_b"), ("max-grad-norm", nonnegative_float, 1.0,
+                                                                      "gradient clipping (thesis 1; 0 = off)"),
+            ("k", positive_float, 20.0, "sharpness of the one-hot surrogate, eq. 16"),
+            ("mu", nonnegative_float, 1.0, "mu of the LDF selection mu-loss, eq. 15"),
+            ("torch-threads", nonnegative_int, 0, "torch CPU threads (0 = torch's default)"),
+            ("conv", int_list, "64,128,64", "conv channels"), ("kernels", int_list, "8,5,3", "as the thesis code"),
+            ("pool", positive_int, 32, "max-pool width"), ("mixer", int_list, "2048,1024", "mixer widths"),
+            ("head", int_list, "512,256", "head widths")):
+        t.add_argument(f"--{name}", type=kind, default=kind(str(default)), help=f"{what} (default {default})".lstrip())
     args = p.parse_args(argv)
     try:
         args.shard = tuple(int(x) for x in args.shard.split("/"))
         assert len(args.shard) == 2 and 0 <= args.shard[0] < args.shard[1]
     except (ValueError, AssertionError):
         p.error(f"--shard: expected k/n with 0 <= k < n, got {args.shard!r}")
+    args.model = args.model or ("ldf" if args.pretrained else "fc")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     set_seed(args.seed)
-    if args.mode == "train":
-        raise SystemExit("training the CSP networks is not implemented yet; see --mode labels/validate/figure2")
+    torch.set_num_threads(args.torch_threads or torch.get_num_threads())
     data = find_data_dir(args.data_dir)
     inst = read_instance(data / "instances" / f"{args.instance}.txt")
-    base, solar = read_loads(data, args.loads)
-    price = read_price(data)
+    (base, solar), price = read_loads(data, args.loads), read_price(data)
     solve_kw = dict(solver=args.solver, gap=args.gap, time_limit=args.time_limit, threads=args.threads)
-    if args.mode == "figure2":
-        plot_figure2(price, stl_parts(price), args.figure, block=args.block, seed=args.seed)
-    elif args.mode == "validate":
-        mip = build_mip(inst, base, solar, args.battery)
-        label = solve(mip, price, **solve_kw)
-        cost, bad = check_schedule(inst, base, solar, price, *(label[k] for k in LABEL_KEYS[:3]))
-        print(f"{inst['name']}, real November prices, {args.loads} loads: {mip['A'].shape[1]} columns, "
-              f"{mip['A'].shape[0]} rows, batteries by {mip['battery']}")
-        print(f"  this MIP ({label['solver']}, {args.threads} thread(s)): {label['objective']:.2f}, bound "
-              f"{label['bound']:.2f}, gap {100 * label['gap']:.2f}%, {label['seconds']:.1f} s; checker {cost:.2f} {bad}")
-        folder = data / "thesis_mip_results" / inst["name"].replace("phase2_instance_", "")
-        if inst["name"] == "phase2_instance_small_0" and args.loads == "forecast":
-            print(f"  thesis (Gurobi, 12 threads, gap 0.88%): {THESIS_SMALL0:.2f}; difference "
-                  f"{100 * (label['objective'] / THESIS_SMALL0 - 1):+.2f}% (must be within 1%)")
-        if folder.is_dir():
-            t_cost, t_bad = check_schedule(inst, base, solar, price, *thesis_schedule(folder, inst))
-            print(f"  the thesis' schedule priced by this checker: {t_cost:.2f} {t_bad}")
+    labels = Path(args.out) / f"{inst['name']}-{args.loads}-block{args.block}-seed{args.seed}"
+    if args.mode == "train":
+        run(args, load_dataset(inst, base, solar, labels, args.seed, args.max_labels))
+    elif args.mode == "evaluate":
+        results = evaluate(load_dataset(inst, base, solar, labels, args.seed, args.max_labels),
+                           dict(c.split("=", 1) for c in args.checkpoints))
+        atomic_write_json((out := Path(args.run_dir or "runs/csp")) / "tables.json", results)
+        atomic_write_bytes(out / "tables.md", markdown(results).encode())
+        print(markdown(results))
+    elif args.mode == "figure2":                       # thesis Figure 2: scenarios over the real prices
+        import matplotlib.pyplot as plt
+        plt.figure(figsize=(12, 4))
+        for i in range(3):
+            plt.plot(price_scenario(stl_parts(price), args.block, args.seed, i)[0], lw=0.6, label=f"scenario {i}")
+        plt.plot(price, "k", lw=0.8, label="VIC1 RRP, Nov 2020"), plt.xlabel("slot (15 min from 1 Nov 2020 AEDT)")
+        plt.ylabel("$/MWh"), plt.legend(), plt.savefig("data/figure2.png", dpi=120)
+    elif args.mode == "validate":                      # the MIP on the real prices, against the thesis on small_0
+        label = solve(build_mip(inst, base, solar), price, **solve_kw)
+        print(f"{inst['name']}: {label['objective']:.2f} ({label['solver']}, gap {100 * label['gap']:.2f}%, "
+              f"{label['seconds']:.0f} s); thesis on small_0: {THESIS_SMALL0} (Gurobi, gap 0.88%; must be within 1%)")
     else:
-        out = Path(args.out) / f"{inst['name']}-{args.loads}-block{args.block}-seed{args.seed}"
-        summary = generate_labels(inst, base, solar, price, out, args.instances, args.seed, args.block, args.workers,
-                                  args.shard, args.battery, **solve_kw)
-        print(json.dumps(summary, default=float))
+        print(json.dumps(generate_labels(inst, base, solar, price, labels, args.instances, args.seed, args.block,
+                                         args.workers, args.shard, args.battery, **solve_kw), default=float))
 
 
 if __name__ == "__main__":

@@ -137,29 +137,21 @@ def brute_force(inst, base, solar, price):
 def test_mip_equals_brute_force(tmp_path):
     inst, base, solar, price = tiny(tmp_path)
     best = brute_force(inst, base, solar, price)
-    for battery in ("dp", "mip"):
-        mip = C.build_mip(inst, base, solar, battery)
-        label = C.solve(mip, price, gap=0.0, time_limit=60)
-        assert label["objective"] == pytest.approx(best, abs=1e-6), battery
-        cost, bad = C.check_schedule(inst, base, solar, price, label["recurring_start"], label["oneoff_start"],
-                                     label["battery_state"])
-        assert not any(bad.values()) and cost == pytest.approx(best, abs=1e-6)
-        assert label["gap"] <= 1e-9 and label["status"] == "optimal"
+    label = C.solve(C.build_mip(inst, base, solar), price, gap=0.0, time_limit=60)
+    assert label["objective"] == pytest.approx(best, abs=1e-6)
+    cost, bad = C.check_schedule(inst, base, solar, price, label["recurring_start"], label["oneoff_start"],
+                                 label["battery_state"])
+    assert not any(bad.values()) and cost == pytest.approx(best, abs=1e-6)
+    assert label["gap"] <= 1e-9 and label["status"] == "optimal"
 
 
-def test_mip_keeps_grid_nonnegative_where_it_can_bind(tmp_path):
+def test_mip_refuses_where_grid_can_bind(tmp_path):
+    """The batteries separate from the classes only while grid >= 0 cannot bind; elsewhere build_mip says so."""
     inst, base, solar, price = tiny(tmp_path)
     solar = solar.copy()
     solar[40:60] = base[40:60] - 10                    # less headroom than the battery can discharge
-    price = np.abs(price) + 50
-    mip = C.build_mip(inst, base, solar, "auto")
-    assert mip["battery"] == "mip"
-    label = C.solve(mip, price, gap=0.0, time_limit=60)
-    cost, bad = C.check_schedule(inst, base, solar, price, label["recurring_start"], label["oneoff_start"],
-                                 label["battery_state"])
-    assert not any(bad.values()) and cost == pytest.approx(label["objective"])
-    with pytest.raises(ValueError, match="not exact"):
-        C.build_mip(inst, base, solar, "dp")
+    with pytest.raises(ValueError, match="can bind"):
+        C.build_mip(inst, base, solar)
 
 
 def test_gurobi_backend_agrees_or_falls_back(tmp_path, capsys):
@@ -208,19 +200,40 @@ def test_labels_resume_without_duplicates(tmp_path):
 
 
 # ---------------------------------------------------------------- the real data
+def thesis_schedule(folder, inst):
+    """The thesis' Gurobi solution (thesis_mip_results/small_i) in decision form, for check_schedule."""
+    starts = np.full(len(inst["dur"]), C.DAY * inst["days"])
+    for line in (Path(folder) / "Schedule.txt").read_text().splitlines():
+        a, d, hhmm = int(line.split()[1][1:-1]), int(line.split()[3]) - 1, line.split()[4].split("-")[0]
+        slot = 4 * int(hhmm.split(":")[0]) + int(hhmm.split(":")[1]) // 15
+        starts[a] = C.WEEK_OPTIONS * d + slot - C.NINE if a < inst["n_rec"] else d * C.DAY + slot
+    soc = [[float(v) for row in (Path(folder) / f"Battery_{b}_Storage.txt").read_text().splitlines()
+            for v in row.split(":")[1].split()] for b in range(len(inst["cap"]))]
+    step = np.round(np.diff(np.c_[inst["cap"], soc], axis=1) / (0.25 * inst["m"][:, None])).astype(int)
+    states = np.select([step > 0, step < 0], [C.CHARGE, C.DISCHARGE], C.IDLE).astype(np.int8)
+    return starts[:inst["n_rec"]], starts[inst["n_rec"]:], states
+
+
 @needs_data
 def test_series_and_thesis_schedule_price_as_the_thesis():
     price = C.read_price(SHARED)
-    base, solar = C.read_loads(SHARED, "forecast")
+    base, solar = C.read_loads(SHARED)
     assert price.shape == base.shape == solar.shape == (2880,) and (price[::2] == price[1::2]).all()
     raw = [r.split(",") for r in (SHARED / "thesis_inputs/Forecasts-sample.csv").read_text().split()]
     raw_base = sum(np.array(r[1:], float) for r in raw if r[0].startswith("Building"))
     assert np.allclose(base[44:], raw_base[:-44]) and np.allclose(base[:44], raw_base[52:96])
-    actual = C.read_loads(SHARED, "actual")
-    assert all(np.isfinite(x).all() and x.shape == (2880,) for x in actual)
     inst = C.read_instance(SHARED / "instances/phase2_instance_small_0.txt")
-    cost, bad = C.check_schedule(inst, base, solar, price, *C.thesis_schedule(SHARED / "thesis_mip_results/small_0", inst))
+    cost, bad = C.check_schedule(inst, base, solar, price, *thesis_schedule(SHARED / "thesis_mip_results/small_0", inst))
     assert not any(bad.values()) and cost == pytest.approx(C.THESIS_SMALL0, abs=0.005)
+
+
+@needs_data
+def test_actual_loads_are_the_real_november_values():
+    base, solar = C.read_loads(SHARED, "actual")
+    assert base.shape == solar.shape == (2880,) and np.isfinite(base).all() and np.isfinite(solar).all()
+    forecast, _ = C.read_loads(SHARED)
+    assert not np.allclose(base, forecast) and 0.5 < base.mean() / forecast.mean() < 2
+    assert (base - solar).min() > 115.6      # grid >= 0 cannot bind: the two batteries discharge at most 115.6 kW
 
 
 def test_cli_help_and_shard_errors(capsys):

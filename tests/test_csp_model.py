@@ -1,0 +1,91 @@
+"""CSP networks (issue 5): battery rebuild, the LDF term and its gradient, repaired decodes, a tiny FC -> LDF run."""
+import numpy as np
+import pytest
+import torch
+
+import csp_ldf as C
+from test_csp_data import tiny
+
+TINY_ARCH = ["--conv", "4,4,4", "--kernels", "3,3,3", "--pool", "8", "--mixer", "16,16", "--head", "8,8",
+             "--batch-size", "4", "--torch-threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    """Eight solver labels of the tiny instance over one week (Monday first), a one-off with a predecessor."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    inst, base, solar, price = tiny(tmp, days=7)
+    C.generate_labels(inst, base, solar, price, tmp / "labels", n=8, seed=1, workers=1, progress=False,
+                      gap=0.0, time_limit=30)
+    return C.load_dataset(inst, base, solar, tmp / "labels", seed=0)
+
+
+def test_battery_rebuild_equals_checker_and_nu_is_zero_on_labels(ds):
+    inst = ds["inst"]
+    onehot = torch.nn.functional.one_hot(torch.as_tensor(ds["bat"]), 3).double()
+    charge = C.battery_charge(onehot, torch.as_tensor(inst["cap"]), torch.as_tensor(inst["m"]))
+    for i in range(len(ds["price"])):
+        det = {}
+        C.check_schedule(inst, ds["base"], ds["solar"], ds["price"][i], ds["rec"][i], ds["one"][i], ds["bat"][i], detail=det)
+        assert np.allclose(charge[i].numpy(), det["charge"])
+    assert (ds["bat"] != C.IDLE).any()                   # the labels do use the battery
+    logits = 10.0 * onehot                               # argmax = the label's states
+    assert torch.equal(C.battery_violation(logits, inst), torch.zeros(len(logits), dtype=logits.dtype))
+
+
+def test_ldf_term_positive_on_bad_schedule_and_gradient_reaches_logits(ds):
+    inst, T = ds["inst"], ds["price"].shape[1]
+    logits = 0.01 * torch.randn(3, 1, T, 3, dtype=torch.float64)
+    logits[0, 0, :, C.DISCHARGE] += 0.2                  # discharge all week: far below 0
+    logits[1, 0, :, C.CHARGE] += 0.2                     # charge a full battery: above capacity
+    logits[2, 0, :, C.IDLE] += 0.2                       # idle: feasible
+    logits.requires_grad_(True)
+    nu = C.battery_violation(logits, inst)
+    assert (nu[:2] > 1).all() and nu[2] == 0
+    nu.sum().backward()                                  # the surrogate (eq. 16) reaches the battery logits
+    assert torch.isfinite(logits.grad).all() and (logits.grad[:2].abs().sum((1, 2, 3)) > 0).all()
+    assert (logits.grad[:1, 0, :, C.DISCHARGE] > 0).any()   # raising discharge logits would raise nu
+
+
+def test_repaired_decodes_of_random_outputs_pass_the_checker(ds):
+    torch.manual_seed(0)
+    cfg = dict(conv=(4, 4, 4), kernels=(3, 3, 3), pool=8, mixer=(16, 16), head=(8, 8))
+    model = C.make_model(ds, cfg)
+    x = torch.randn(12, 3, ds["price"].shape[1])
+    out = C.predict(model, x)
+    for scale in (1.0, 30.0):                           # near-uniform and confident random outputs
+        noisy = {k: v + scale * torch.randn_like(v) for k, v in out.items()}
+        noisy = {**noisy, "rec": noisy["rec"].masked_fill(~model.mask_rec, C.NEG),
+                 "one": noisy["one"].masked_fill(~model.mask_one, C.NEG)}
+        rows = np.arange(12) % len(ds["price"])
+        *rep, fell = C.repaired_decode(noisy, ds)
+        for j, i in enumerate(rows):                     # the checker itself: zero violations
+            _, bad = C.check_schedule(ds["inst"], ds["base"], ds["solar"], ds["price"][i], *(r[j] for r in rep))
+            assert not any(bad.values()), bad
+        res = C.evaluate_schedules(ds, rows, rep)
+        assert res["feasible_pct"] == 100 and not fell.any()
+        assert all(v["pct_max"] == 0 for v in res["fam"].values())
+        raw = C.evaluate_schedules(ds, rows, C.raw_decode(noisy))
+        assert raw["fam"]["min or capacity"]["pct_mean"] > 0 and raw["feasible_pct"] < 100   # raw does violate
+
+
+def test_tiny_fc_then_ldf_end_to_end(ds, tmp_path, capsys):
+    fc = C.parse_args(["--model", "fc", "--epochs", "2", "--run-dir", str(tmp_path / "fc"), "--save",
+                       str(tmp_path / "fc.pt")] + TINY_ARCH)
+    r = C.run(fc, ds)
+    assert (tmp_path / "fc.pt").exists() and (tmp_path / "fc" / "last.pt").exists()
+    ck = torch.load(tmp_path / "fc.pt", weights_only=False)
+    assert ck["config"]["model"] == "fc" and ck["config"]["head"] == (8, 8) and "mean" in ck["norm"]
+    assert r["fc"]["repaired"]["feasible_pct"] == 100
+    ldf = C.parse_args(["--pretrained", str(tmp_path / "fc.pt"), "--epochs", "2", "--run-dir", str(tmp_path / "ldf"),
+                        "--save", str(tmp_path / "ldf.pt"), "--step", "1", "--torch-threads", "1"])
+    assert ldf.model == "ldf" and ldf.lr == 1e-3 and ldf.step == 1 and ldf.max_grad_norm == 1.0
+    r = C.run(ldf, ds)
+    ck = torch.load(tmp_path / "ldf" / "last.pt", weights_only=False)
+    assert ck["config"]["head"] == (8, 8) and ck["state"]["epoch"] == 2 and ck["state"]["multiplier"] > 0
+    assert r["ldf"]["repaired"]["feasible_pct"] == 100
+    ldf.epochs = 3                                       # resume: one more epoch from last.pt
+    C.run(ldf, ds)
+    assert "resuming" in capsys.readouterr().out
+    assert torch.load(tmp_path / "ldf" / "last.pt", weights_only=False)["state"]["epoch"] == 3
+    assert "| ldf | repaired |" in C.markdown(r)

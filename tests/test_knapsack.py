@@ -270,3 +270,13 @@ def test_label_free_training_loss_falls_and_needs_no_training_labels(tmp_path):
     assert set(res["other_n"]) == {"10", "40"}
     ks.main(["--tradeoff", str(tmp_path)])
     assert (tmp_path / "tradeoff.png").exists()
+
+
+def test_grid_writes_one_table_of_all_runs(tmp_path):
+    out = tmp_path / "grid"
+    ks.main(tiny(tmp_path, "--grid", "--grid-lr", "1e-3", "--grid-step", "1e-3", "1e-2", "--grid-max-grad-norm", "1",
+                 "--epochs", "1", "--out", str(out)))
+    rows = json.loads((out / "grid.json").read_text())
+    assert {(r["lr"], r["step"]) for r in rows} == {(1e-3, 1e-3), (1e-3, 1e-2)}
+    assert [r["val_value"] for r in rows] == sorted(r["val_value"] for r in rows)   # best first
+    assert (out / "grid.md").read_text().count("\n") == 4

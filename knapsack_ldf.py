@@ -362,7 +362,7 @@ def train(args, data, out):
     if pretrained:
         model.load_state_dict(pretrained["model"])
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    config = {k: v for k, v in vars(args).items()}
+    config = dict(vars(args))
     state = {"epoch": 0, "multiplier": args.lambda0 if ldf else 0.0, "history": [], "best": {},
              "since_best": 0, "train_seconds": 0.0}
     last = os.path.join(out, "last.pt")
@@ -414,7 +414,7 @@ def train(args, data, out):
                   f"is {last} (epoch {state['epoch']}). Lower --lr or --step, or set --max-grad-norm.", file=sys.stderr)
             break
         # validation: AR, violation, mu-losses
-        val = evaluate_split(model, x_norm[va].to(device), data, idx["val"], device)
+        val = evaluate_split(model, x_norm[va].to(device), data, idx["val"])
         if supervised:   # label loss summed over items, as the thesis
             label_val = F.binary_cross_entropy_with_logits(val["logits"], y[va].to(device), reduction="none").sum(1)
             label_val = label_val.cpu().numpy()
@@ -463,7 +463,7 @@ def solution_metrics(xhat, data, rows):
     return {"obj": obj, "nu": nu, "ar": common.approximation_ratio(obj, opt), "opt": opt}
 
 
-def evaluate_split(model, x_norm_rows, data, rows, device=None):
+def evaluate_split(model, x_norm_rows, data, rows):
     logits = predict(model, x_norm_rows)
     xhat = (logits > 0).double().cpu().numpy()       # round(sigmoid(logit)) without the sigmoid
     return {"logits": logits, "xhat": xhat, **solution_metrics(xhat, data, rows)}

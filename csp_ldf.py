@@ -10,6 +10,7 @@ week with a Monday, offset = slots after 9:00, ends by 17:00, repeats weekly); o
 """
 import argparse
 import contextlib
+import copy
 import datetime
 import io
 import json
@@ -520,14 +521,15 @@ def _uniform(*shape, fan_in):
 
 class CSPNet(nn.Module):
     """Conv1d x3 (BN, ReLU), max-pool -> mixer MLP -> a head per class and battery (w1 -> w2 -> options) as grouped
-    products: one matmul (shared input), one bmm, one bmm per output size. Starts the MIP rules out get NEG."""
+    products: one matmul (shared input), one bmm, one bmm per output size. Starts the MIP rules out get NEG.
+    The convolutions run as (1, k) Conv2d on a channels-last input: the same function, oneDNN's fast path."""
 
     def __init__(self, inst, T, conv=(64, 128, 64), kernels=(8, 5, 3), pool=32, mixer=(2048, 1024), head=(512, 256)):
         super().__init__()
         layers, c_in, L = [], 3, T
         for c, k in zip(conv, kernels):
-            layers, c_in, L = layers + [nn.Conv1d(c_in, c, k), nn.BatchNorm1d(c), nn.ReLU()], c, L - k + 1
-        self.features = nn.Sequential(*layers, nn.MaxPool1d(pool), nn.Flatten())
+            layers, c_in, L = layers + [nn.Conv2d(c_in, c, (1, k)), nn.BatchNorm2d(c), nn.ReLU()], c, L - k + 1
+        self.features = nn.Sequential(*layers, nn.MaxPool2d((1, pool)), nn.Flatten())
         mix, n = [], c_in * (L // pool)
         for w in mixer:
             mix, n = mix + [nn.Linear(n, w), nn.BatchNorm1d(w), nn.ReLU()], w
@@ -544,7 +546,7 @@ class CSPNet(nn.Module):
             self.register_buffer(name, mask)
 
     def forward(self, x):
-        z = self.mixer(self.features(x))
+        z = self.mixer(self.features(x[:, :, None].contiguous(memory_format=torch.channels_last)))
         B, H = len(z), len(self.feats)
         h = self.w1(z) + torch.einsum("hf,hfo->ho", self.feats, self.w1f).reshape(-1)
         h = torch.baddbmm(self.b2, F.relu(self.bn1(h)).view(B, H, -1).transpose(0, 1), self.w2)   # (H, B, w2)
@@ -588,9 +590,11 @@ def battery_violation(logits, inst, k=20.0):
 
 # ================================================================ 4.3 train
 def predict(model, x, batch=32):
+    """Network outputs (float32) in the precision of the model's weights (.bfloat16() for --bf16)."""
+    x = x.to(next(model.parameters()).dtype)
     with torch.no_grad():
         outs = [model.eval()(x[i:i + batch]) for i in range(0, len(x), batch)]
-    return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+    return {k: torch.cat([o[k] for o in outs]).float() for k in outs[0]}
 
 
 def raw_decode(out):
@@ -638,7 +642,7 @@ def train(args, ds, run_dir):
                 nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             opt.step()
             sums += [loss.item() * len(rows), lab.sum().item(), nu.sum().item()]
-        out = predict(model, x[idx["val"]])
+        out = predict(copy.deepcopy(model).bfloat16() if args.bf16 else model, x[idx["val"]])
         val_nu = battery_violation(out["bat"], ds["inst"]).numpy()
         if ldf:                                          # eq. 20: lambda_b += step * sum of nu_b over the epoch
             state["multiplier"] = common.subgradient_step(state["multiplier"], args.step, sums[2])
@@ -734,7 +738,7 @@ def evaluate_schedules(ds, rows, sched):
                              degree_avg_max=v[:, 2].mean()) for f, v in zip(FAMILIES, fam.transpose(1, 0, 2))})
 
 
-def evaluate(ds, checkpoints):
+def evaluate(ds, checkpoints, bf16=False):
     """Tables 7-9 on the test split per checkpoint, raw argmax and repaired, with times per instance."""
     rows, results = ds["split"]["test"], {}
     for name, path in checkpoints.items():
@@ -744,6 +748,7 @@ def evaluate(ds, checkpoints):
         model = make_model(ds, ck["config"])
         model.load_state_dict(ck["model"])
         x = inputs(ds, ck["norm"])[rows]
+        model = model.bfloat16() if bf16 else model
         predict(model, x[:2])                           # warm-up
         t = [time.perf_counter()]
         out = predict(model, x, batch=len(rows))
@@ -788,7 +793,7 @@ def run(args, ds):
     """Train, copy the selected checkpoint to --save (default <model>.pt), evaluate it on the test split."""
     run_dir, save = Path(args.run_dir or f"runs/csp-{args.model}"), Path(args.save or f"{args.model}.pt")
     atomic_write_bytes(save, train(args, ds, run_dir).read_bytes())
-    results = evaluate(ds, {args.model: save})
+    results = evaluate(ds, {args.model: save}, args.bf16)
     atomic_write_json(run_dir / "results.json", results)
     atomic_write_bytes(run_dir / "results.md", markdown(results).encode())
     print(f"saved {save}\n{markdown(results)}")
@@ -844,6 +849,8 @@ def parse_args(argv=None):
             ("pool", positive_int, 32, "max-pool width"), ("mixer", int_list, "2048,1024", "mixer widths"),
             ("head", int_list, "512,256", "head widths")):
         t.add_argument(f"--{name}", type=kind, default=kind(str(default)), help=f"{what} (default {default})".lstrip())
+    t.add_argument("--bf16", action="store_true", help="inference (validation, tables) with bfloat16 weights: fast on\n"
+                   "CPUs with AMX (oneDNN); training stays float32")
     args = p.parse_args(argv)
     try:
         args.shard = tuple(int(x) for x in args.shard.split("/"))
@@ -867,7 +874,7 @@ def main(argv=None):
         run(args, load_dataset(inst, base, solar, labels, args.seed, args.max_labels))
     elif args.mode == "evaluate":
         results = evaluate(load_dataset(inst, base, solar, labels, args.seed, args.max_labels),
-                           dict(c.split("=", 1) for c in args.checkpoints))
+                           dict(c.split("=", 1) for c in args.checkpoints), args.bf16)
         atomic_write_json((out := Path(args.run_dir or "runs/csp")) / "tables.json", results)
         atomic_write_bytes(out / "tables.md", markdown(results).encode())
         print(markdown(results))

@@ -89,3 +89,27 @@ def test_tiny_fc_then_ldf_end_to_end(ds, tmp_path, capsys):
     assert "resuming" in capsys.readouterr().out
     assert torch.load(tmp_path / "ldf" / "last.pt", weights_only=False)["state"]["epoch"] == 3
     assert "| ldf | repaired |" in C.markdown(r)
+
+
+def test_conv2d_features_are_the_thesis_conv1d_and_bf16_inference_agrees(ds):
+    """The (1, k) Conv2d on a channels-last input is the thesis' Conv1d stack; --bf16 inference moves few argmaxes."""
+    torch.manual_seed(0)
+    model = C.CSPNet(ds["inst"], ds["price"].shape[1], conv=(8, 16, 8), kernels=(8, 5, 3), pool=4,
+                     mixer=(32, 32), head=(16, 16)).eval()
+    x = torch.randn(6, 3, ds["price"].shape[1])
+    h = x
+    for layer in model.features:
+        if isinstance(layer, torch.nn.Conv2d):
+            h = torch.nn.functional.conv1d(h, layer.weight[:, :, 0], layer.bias)
+        elif isinstance(layer, torch.nn.BatchNorm2d):
+            h = torch.nn.functional.batch_norm(h, layer.running_mean, layer.running_var, layer.weight, layer.bias)
+        elif isinstance(layer, torch.nn.MaxPool2d):
+            h = torch.nn.functional.max_pool1d(h, layer.kernel_size[1])
+        else:
+            h = layer(h)
+    with torch.no_grad():
+        torch.testing.assert_close(model.features(x[:, :, None].contiguous(memory_format=torch.channels_last)), h,
+                                   rtol=1e-4, atol=1e-4)
+    full, half = C.predict(model, x), C.predict(model.bfloat16(), x)
+    assert all(half[k].dtype == torch.float32 for k in half)
+    assert (full["bat"].argmax(-1) == half["bat"].argmax(-1)).float().mean() > 0.9

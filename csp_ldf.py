@@ -485,15 +485,21 @@ ARCH = ("conv", "kernels", "pool", "mixer", "head")
 
 
 def load_dataset(inst, base, solar, folder, seed=0, limit=None):
-    """The (first `limit`) labels in `folder` as arrays, split 80/10/10 by a seeded permutation."""
-    if len(recs := [load_label(p) for p in sorted(Path(folder).glob("label_*.npz"))[:limit]]) < 3:
+    """The labels of scenarios 0..limit-1 in `folder` as arrays, split 80/10/10 by a draw per scenario index and
+    seed: a scenario stays in its split as labels are added (the first draws go to test and val if too few)."""
+    paths = [p for p in sorted(Path(folder).glob("label_*.npz")) if limit is None or int(p.stem[6:]) < limit]
+    if len(recs := [load_label(p) for p in paths]) < 3:
         raise SystemExit(f"{folder}: {len(recs)} labels; make some with --mode labels first")
     ds = dict(inst=inst, base=base, solar=solar, **{k: np.array([r[key] for r in recs], t) for k, key, t in (
         ("price", "price", float), ("rec", "recurring_start", int), ("one", "oneoff_start", int), ("gap", "gap", float),
-        ("bat", "battery_state", int), ("obj", "objective", float), ("seconds", "seconds", float))})
-    ds["fallback"] = (ds["rec"][0], ds["one"][0])   # a feasible class schedule for any price
-    perm, n = np.random.default_rng(seed).permutation(len(recs)), max(1, len(recs) // 10)
-    ds["split"] = dict(test=np.sort(perm[:n]), val=np.sort(perm[n:2 * n]), train=np.sort(perm[2 * n:]))
+        ("bat", "battery_state", int), ("obj", "objective", float), ("seconds", "seconds", float),
+        ("index", "index", int))})
+    ref = Path(folder) / "reference.npz"                # the real price's label: a feasible class schedule
+    ds["fallback"] = tuple(load_label(ref)[k] for k in LABEL_KEYS[:2]) if ref.exists() else (ds["rec"][0], ds["one"][0])
+    u = np.array([np.random.default_rng([seed, i]).random() for i in ds["index"]])
+    order, n_test = np.argsort(u), max(1, np.sum(u < 0.1))
+    n_val = n_test + max(1, np.sum((u >= 0.1) & (u < 0.2)))
+    ds["split"] = dict(test=np.sort(order[:n_test]), val=np.sort(order[n_test:n_val]), train=np.sort(order[n_val:]))
     return ds
 
 
@@ -503,7 +509,9 @@ def head_features(inst):
     f[:len(inst["dur"])] = np.stack([inst[k] for k in ("rooms", "large", "load", "dur", "value", "penalty")]
                                     + [[len(p) for p in inst["prec"]]], 1)
     f[len(inst["dur"]):, :3] = np.stack([inst["cap"], inst["m"], inst["eff"]], 1)
-    return torch.tensor(f / np.maximum(np.abs(f).max(0), 1e-9), dtype=torch.float32)
+    for rows in np.split(f, [len(inst["dur"])]):       # classes and batteries each scaled on their own
+        rows /= np.maximum(np.abs(rows).max(0), 1e-9)
+    return torch.tensor(f, dtype=torch.float32)
 
 
 def option_masks(inst, T):
@@ -601,31 +609,41 @@ def raw_decode(out):
     return tuple(out[k].argmax(-1).numpy() for k in ("rec", "one", "bat"))
 
 
+def trained_on(ck):                                   # its training scenarios (all, if it predates their record)
+    return set(ck.get("scenarios", {}).get("train", range(10 ** 6)))
+
+
 def train(args, ds, run_dir):
     """FC (label loss) or LDF (+ lambda_b nu_b, lambda_b by eq. 20 after each epoch), selected by validation AR
     (fc) or mu-loss (ldf) into best_<ar|mu>.pt; last.pt holds the optimizer and state to resume."""
     ldf, idx, run_dir, crit = args.model == "ldf", ds["split"], Path(run_dir), "mu" if args.model == "ldf" else "ar"
     pre = torch.load(args.pretrained, weights_only=False) if args.pretrained else None
+    scen = {k: ds["index"][v].tolist() for k, v in idx.items()}     # scenario indices: checkpoints compare them
+    if pre and (seen := trained_on(pre) & {*scen["val"], *scen["test"]}):
+        raise SystemExit(f"{args.pretrained} trained on {len(seen)} validation/test scenarios: retrain it on these labels")
     cfg = {**vars(args), **({k: pre["config"][k] for k in ARCH} if pre else {})}
     raw = inputs(ds, dict(mean=np.zeros(3), std=np.ones(3))).numpy()[idx["train"]]
     norm = pre["norm"] if pre else dict(mean=raw.mean((0, 2)), std=raw.std((0, 2)) + 1e-6)
-    x, _ = inputs(ds, norm), set_seed(args.seed)
+    set_seed(args.seed)
     model = make_model(ds, cfg)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)   # one pass (CPU too)
     state = dict(epoch=0, multiplier=args.lambda0 if ldf else 0.0, history=[], best={}, since_best=0)
     resume = (run_dir / "last.pt").exists() and not args.fresh
     ck = torch.load(run_dir / "last.pt", weights_only=False) if resume else pre
-    if resume and ck["config"]["model"] != args.model:
-        raise SystemExit(f"{run_dir}/last.pt is a {ck['config']['model']} run: pass --fresh or another --run-dir")
+    if resume and (ck["config"]["model"] != args.model or ck.get("scenarios") != scen):
+        raise SystemExit(f"{run_dir}/last.pt: another model or labels; pass --fresh or another --run-dir")
     if ck:                                               # last.pt to resume, else --pretrained
         model.load_state_dict(ck["model"])
     if resume:
         opt.load_state_dict(ck["optimizer"])
-        state = ck["state"]
+        state, norm = ck["state"], ck["norm"]
         print(f"resuming {run_dir}/last.pt at epoch {state['epoch']} (lambda_b {state['multiplier']:.4g})")
+    x = inputs(ds, norm)
     save = lambda name, **kw: common.atomic_torch_save(dict(model=model.state_dict(), norm=norm, config=cfg, split=idx,
-                                                            epoch=state["epoch"], **kw), run_dir / name)
+                                                            scenarios=scen, epoch=state["epoch"], **kw), run_dir / name)
     for epoch in range(state["epoch"], args.epochs):
+        if state["since_best"] >= args.patience:        # (also when resuming a run that stopped early)
+            break
         t0, sums = time.perf_counter(), np.zeros(3)
         perm = np.random.default_rng([args.seed, epoch]).permutation(idx["train"])
         for b in range(0, len(perm) - 1, args.batch_size):     # (batch norm needs two rows)
@@ -659,8 +677,6 @@ def train(args, ds, run_dir):
             save(f"best_{crit}.pt", selected_by=crit, value=value)
         save("last.pt", optimizer=opt.state_dict(), state=state)
         print(" ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
-        if state["since_best"] >= args.patience:
-            break
     return run_dir / f"best_{crit}.pt"
 
 
@@ -743,13 +759,13 @@ def evaluate(ds, checkpoints, bf16=False):
     rows, results = ds["split"]["test"], {}
     for name, path in checkpoints.items():
         ck = torch.load(path, weights_only=False)
-        if not np.array_equal(ck["split"]["test"], rows):
-            print(f"warning: {path} was trained on another split (more labels since?)", file=sys.stderr)
+        if trained_on(ck) & set(ds["index"][rows]):
+            raise SystemExit(f"{path} was trained on test scenarios (or predates their record): retrain it")
         model = make_model(ds, ck["config"])
         model.load_state_dict(ck["model"])
         x = inputs(ds, ck["norm"])[rows]
         model = model.bfloat16() if bf16 else model
-        predict(model, x[:2])                           # warm-up
+        predict(model, x, batch=len(rows))              # warm-up at the timed shape
         t = [time.perf_counter()]
         out = predict(model, x, batch=len(rows))
         t.append(time.perf_counter())
@@ -762,8 +778,9 @@ def evaluate(ds, checkpoints, bf16=False):
             raw_decode(out), rep, (*rep[:2], np.array(dp))))}
         for d, ms in zip(DECODES, np.cumsum(np.diff(t)) * 1000 / len(rows)):
             r[d]["ms"] = ms
-        r.update(fallbacks=int(fell.sum()), solver_s=ds["seconds"][rows].mean(), n_test=len(rows),
-                 n_train=len(ds["split"]["train"]), epoch=ck["epoch"])
+        r.update(fallbacks=int(fell.sum()), solver_s=ds["seconds"][rows].mean(), n_test=len(rows), epoch=ck["epoch"],
+                 n_train=len(ds["split"]["train"]), inference=f"{'bf16' if bf16 else 'fp32'}, {torch.get_num_threads()} "
+                 "thread(s)")
     return results
 
 
@@ -784,7 +801,8 @@ def markdown(results):
         *[f"| {k} | " + " | ".join(f"{s[c]:.4f}" for c in ("ar_mean", "ar_max", "ar_min"))
           + f" | {s['feasible_pct']:.0f} | {s['ms']:.1f} |" for k, s in rows],
         *[f"| {n} (thesis) | raw | {THESIS[n][1]} | | | | |" for n in thesis],
-        f"\n{r['n_train']} training / {r['n_test']} test labels; solver {r['solver_s']:.1f} s per test label; selected "
+        f"\n{r['n_train']} training / {r['n_test']} test labels; solver {r['solver_s']:.1f} s per test label; inference "
+        f"{r['inference']}; selected "
         "epoch and repairs that fell back to a label's classes: " + ", ".join(
             f"{k} {v['epoch']}, {v['fallbacks']}" for k, v in results.items())])
 
@@ -818,7 +836,7 @@ def parse_args(argv=None):
                    help="base load and solar: the thesis' forecasts (default: its inputs and results) or actual values")
     d.add_argument("--block", type=positive_int, default=DAY, help="residual block in slots (default 96 = a day)")
     d.add_argument("--seed", type=int, default=0, help="scenario seed (scenario i uses (seed, i)); also split and init")
-    d.add_argument("--max-labels", type=positive_int, help="train/evaluate on the first N labels only (fixed splits)")
+    d.add_argument("--max-labels", type=positive_int, help="only the labels of scenarios 0..N-1 (fixed splits)")
     s = p.add_argument_group("labels (thesis 4.1 MIP)")
     s.add_argument("--instances", type=positive_int, default=1000, help="scenarios to label (default 1000)")
     s.add_argument("--workers", type=positive_int, default=2, help="solver processes (default 2)")
@@ -857,6 +875,8 @@ def parse_args(argv=None):
         assert len(args.shard) == 2 and 0 <= args.shard[0] < args.shard[1]
     except (ValueError, AssertionError):
         p.error(f"--shard: expected k/n with 0 <= k < n, got {args.shard!r}")
+    if len(args.conv) != len(args.kernels) or len(args.head) != 2 or not all("=" in c for c in args.checkpoints):
+        p.error("--conv and --kernels need as many values, --head two, --checkpoints name=path each")
     args.model = args.model or ("ldf" if args.pretrained else "fc")
     return args
 

@@ -17,7 +17,26 @@ def ds(tmp_path_factory):
     inst, base, solar, price = tiny(tmp, days=7)
     C.generate_labels(inst, base, solar, price, tmp / "labels", n=8, seed=1, workers=1, progress=False,
                       gap=0.0, time_limit=30)
-    return C.load_dataset(inst, base, solar, tmp / "labels", seed=0)
+    return dict(C.load_dataset(inst, base, solar, tmp / "labels", seed=0), folder=tmp / "labels")
+
+
+def test_splits_stay_put_as_labels_grow_and_leaks_are_refused(ds, tmp_path):
+    """A scenario's split follows from its index and the seed; a checkpoint trained on test scenarios is refused."""
+    label = dict(np.load(ds["folder"] / "label_00000.npz"))
+    for i in range(80):                                  # 80 copies of one label under scenario indices 0..79
+        np.savez(tmp_path / f"label_{i:05d}.npz", **{**label, "index": np.array(i)})
+
+    def split(limit):
+        d = C.load_dataset(ds["inst"], ds["base"], ds["solar"], tmp_path, limit=limit)
+        return {int(d["index"][r]): k for k, rows in d["split"].items() for r in rows}
+
+    some, more = split(40), split(None)
+    assert len(some) == 40 and len(more) == 80 and all(more[i] == k for i, k in some.items())
+    assert 4 <= sum(k == "test" for k in more.values()) <= 14 and 4 <= sum(k == "val" for k in more.values()) <= 14
+    torch.save(dict(scenarios=dict(train=list(range(8)))), tmp_path / "leaky.pt")
+    args = C.parse_args(["--pretrained", str(tmp_path / "leaky.pt"), "--run-dir", str(tmp_path / "run")])
+    with pytest.raises(SystemExit, match="validation/test scenarios"):
+        C.train(args, ds, tmp_path / "run")
 
 
 def test_battery_rebuild_equals_checker_and_nu_is_zero_on_labels(ds):

@@ -94,11 +94,10 @@ def read_instance(path):
             raise ValueError(f"{path}:{no}: expected '{form}', got {line.strip()!r}") from None
     if header is None or len(batteries) != header[2] or len(cls) != header[3] + header[4]:
         raise ValueError(f"{path}: header 'ppoi ...' missing or not matching {len(batteries)} c, {len(cls)} r/a lines")
-    inst = {k: np.array([c[k] for c in cls]) for k in ("oneoff", "rooms", "large", "load", "dur", "value", "penalty")}
+    arrays = {k: np.array([c[k] for c in cls]) for k in ("oneoff", "rooms", "large", "load", "dur", "value", "penalty")}
     cap, m, eff = (np.array(x, float).reshape(-1) for x in zip(*batteries)) if batteries else [np.zeros(0)] * 3
-    inst.update(name=path.stem, n_rec=header[3], n_oneoff=header[4], prec=[c["prec"] for c in cls],
+    return dict(arrays, name=path.stem, n_rec=header[3], n_oneoff=header[4], prec=[c["prec"] for c in cls],
                 n_small=int(rooms[0]), n_large=int(rooms[1]), cap=cap, m=m, eff=eff, **NOVEMBER)
-    return inst
 
 
 def read_price(data_dir):
@@ -125,10 +124,9 @@ def read_loads(data_dir, which="forecast"):
             i = int((datetime.datetime(2020, 10, 31, 13) - datetime.datetime.strptime(stamp, "%Y-%m-%d %H-%M-%S"))
                     .total_seconds()) // 900
             v = np.array([np.nan if x == "?" else float(x) for x in vals.split(",")[i:i + 2880]]).reshape(30, DAY)
-            fill = np.nanmean(np.where(np.isnan(v).all(0), np.nanmean(v), v), 0)    # series mean if a slot is never seen
+            fill = np.nanmean(np.where(np.isnan(v).all(0), np.nanmean(v), v), 0)    # series mean for a slot never seen
             series[name] = np.where(np.isnan(v), fill, v).reshape(-1)
-    total = lambda p: sum(v for k, v in series.items() if k.startswith(p))
-    return total("Building"), total("Solar")
+    return tuple(sum(v for k, v in series.items() if k.startswith(p)) for p in ("Building", "Solar"))
 
 
 # ================================================================ 4.2 price scenarios
@@ -139,8 +137,7 @@ def stl_parts(price):
 
 
 def price_scenario(parts, block, seed, index):
-    """Thesis 4.2: trend + seasonal + residual blocks drawn with replacement, each from the same time of day
-    as the slot it fills. Returns (prices, block starts); seeded by (seed, index)."""
+    """Thesis 4.2: trend + seasonal + residual blocks bootstrapped at the same time of day -> (prices, block starts)."""
     trend, seasonal, resid = parts
     rng, T, out, starts = np.random.default_rng([seed, index]), len(resid), np.empty(len(resid)), []
     for p in range(0, T, block):
@@ -175,31 +172,28 @@ def day_windows(inst):
 def start_columns(inst):
     """One binary column per (class, allowed start): class, start, day, value, and `cover` (slot x column)."""
     (wd, monday), (lo, hi) = weekdays(inst), day_windows(inst)
-    cls, start, day, value, slots = [], [], [], [], []
+    blocks, slots = [], []                                # blocks of columns: (start, day, value, class)
     for a, dur in enumerate(inst["dur"]):
         if a < inst["n_rec"]:
             offs = np.arange(WEEK_OPTIONS - dur + 1)
             for d in range(lo[a], hi[a] + 1):
                 occ = np.arange(monday + d, inst["days"], 7)
                 if len(occ):
-                    for lst, x in zip((start, day, value, cls), (WEEK_OPTIONS * d + offs, d, 0.0, a)):
-                        lst.append(np.broadcast_to(x, offs.shape))
+                    blocks.append((WEEK_OPTIONS * d + offs, d, 0.0, a))
                     slots += [(occ[:, None] * DAY + NINE + o + np.arange(dur)).ravel() for o in offs]
         else:
             d, s = np.divmod(np.arange(lo[a] * DAY, inst["days"] * DAY), DAY)
             d, s = d[s + dur <= DAY], s[s + dur <= DAY]
             business = (wd[d] < 5) & (s >= NINE) & (s + dur <= FIVE)
-            worth = inst["value"][a] - inst["penalty"][a] * ~business
-            for lst, x in zip((start, day, value, cls), (d * DAY + s, d, worth, a)):
-                lst.append(np.broadcast_to(x, d.shape))
-            slots += list(start[-1][:, None] + np.arange(dur))
-    if not all(np.isin(np.arange(inst["n_rec"]), np.concatenate(cls))):
+            blocks.append((d * DAY + s, d, inst["value"][a] - inst["penalty"][a] * ~business, a))
+            slots += list(blocks[-1][0][:, None] + np.arange(dur))
+    start, day, value, cls = (np.concatenate([np.broadcast_to(b[k], b[0].shape) for b in blocks]) for k in range(4))
+    if not all(np.isin(np.arange(inst["n_rec"]), cls)):
         raise ValueError(f"{inst['name']}: a recurring class has no feasible start")
     lens = np.array([len(s) for s in slots])
     cover = sp.csc_matrix((np.ones(lens.sum()), np.concatenate(slots), np.r_[0, np.cumsum(lens)]),
                           shape=(inst["days"] * DAY, len(slots)))
-    return dict(cls=np.concatenate(cls), start=np.concatenate(start), day=np.concatenate(day),
-                value=np.concatenate(value).astype(float), cover=cover)
+    return dict(cls=cls, start=start, day=day, value=value.astype(float), cover=cover)
 
 
 def build_mip(inst, base, solar, battery="auto"):
@@ -240,10 +234,9 @@ def build_mip(inst, base, solar, battery="auto"):
                 row([*k, e_index[p, d]], [*np.ones(len(k)), -1.0], -np.inf, 0.0)
     A = sp.csc_matrix((np.concatenate(V), (np.concatenate(R), np.concatenate(C))), shape=(len(lo), n))
     e_key = np.array(list(e_index), int).reshape(-1, 2)
-    return dict(inst=inst, cols=cols, base=base, solar=solar, battery="dp", n_x=n_x, A=A,
-                e_cls=e_key[:, 0], e_day=e_key[:, 1], e_col=np.array(list(e_index.values()), int),
-                row_lo=np.array(lo), row_hi=np.array(hi), col_lo=np.zeros(n), col_hi=np.ones(n),
-                integer=np.arange(n) < n_x,
+    return dict(inst=inst, cols=cols, base=base, solar=solar, battery="dp", n_x=n_x, A=A, e_cls=e_key[:, 0],
+                e_day=e_key[:, 1], e_col=np.array(list(e_index.values()), int), row_lo=np.array(lo),
+                row_hi=np.array(hi), col_lo=np.zeros(n), col_hi=np.ones(n), integer=np.arange(n) < n_x,
                 load=cols["cover"].multiply(inst["load"][cols["cls"]] * inst["rooms"][cols["cls"]]).tocsc())
 
 
@@ -345,7 +338,7 @@ def solve_highs(mip, price, gap=0.01, time_limit=600.0, threads=1, start=None, s
     proven = max(0.0, best[0] - bound) / max(abs(best[0]), 1e-9)
     return dict(solver="highs", status="optimal" if proven <= gap else "time limit", objective=best[0],
                 bound=bound, gap=proven, seconds=time.perf_counter() - t0,
-                **dict(zip(("recurring_start", "oneoff_start", "battery_state"), decision_form(mip, best[1], states))))
+                **dict(zip(LABEL_KEYS, decision_form(mip, best[1], states))))
 
 
 def solve_gurobi(mip, price, gap=0.01, time_limit=600.0, threads=1, seed=0, **_):
@@ -412,8 +405,7 @@ def check_schedule(inst, base, solar, price, recurring_start, oneoff_start, batt
 
 
 # ================================================================ label generation
-LABEL_KEYS = ("recurring_start", "oneoff_start", "battery_state", "objective", "bound", "gap", "status", "solver",
-              "seconds")
+LABEL_KEYS = tuple("recurring_start oneoff_start battery_state objective bound gap status solver seconds".split())
 _WORKER = {}                                     # per solver process: the MIP, STL parts and reference label
 
 
@@ -465,17 +457,13 @@ def generate_labels(inst, base, solar, price, out, n, seed=0, block=DAY, workers
         with tqdm(results, total=len(todo), disable=not progress, desc=f"labels {inst['name']}", unit="label") as bar:
             for label in bar:
                 bar.set_postfix(s=f"{label['seconds']:.1f}", gap=f"{label['gap']:.4f}")
-    return summarise(out)
-
-
-def summarise(out):
-    if not (recs := [load_label(p) for p in sorted(Path(out).glob("label_*.npz"))]):
+    if not (recs := [load_label(p) for p in sorted(out.glob("label_*.npz"))]):   # the folder's summary.json
         return {}
     secs, gaps = (np.array([r[k] for r in recs]) for k in ("seconds", "gap"))
     summary = dict(labels=len(recs), seconds_mean=secs.mean(), seconds_median=np.median(secs), seconds_max=secs.max(),
                    gap_mean=gaps.mean(), gap_max=gaps.max(), solver=sorted({r["solver"] for r in recs}),
                    status={s: sum(r["status"] == s for r in recs) for s in {r["status"] for r in recs}})
-    atomic_write_json(Path(out) / "summary.json", summary)
+    atomic_write_json(out / "summary.json", summary)
     return summary
 
 
@@ -523,16 +511,14 @@ def option_masks(inst, T):
     return torch.from_numpy(rec), torch.from_numpy(one)
 
 
-def _uniform(*shape, fan_in):
-    return nn.Parameter(torch.empty(*shape).uniform_(-fan_in ** -0.5, fan_in ** -0.5))
-
-
 class CSPNet(nn.Module):
     """Conv1d x3 (BN, ReLU), max-pool -> mixer MLP -> a head per class and battery (w1 -> w2 -> options) as grouped
     products: one matmul (shared input), one bmm, one bmm per output size. Starts the MIP rules out get NEG.
     The convolutions run as (1, k) Conv2d on a channels-last input: the same function, oneDNN's fast path."""
 
     def __init__(self, inst, T, conv=(64, 128, 64), kernels=(8, 5, 3), pool=32, mixer=(2048, 1024), head=(512, 256)):
+        def uniform(*shape, fan_in):                    # the grouped heads' weights: U(+-1/sqrt(fan_in)) as nn.Linear
+            return nn.Parameter(torch.empty(*shape).uniform_(-fan_in ** -0.5, fan_in ** -0.5))
         super().__init__()
         layers, c_in, L = [], 3, T
         for c, k in zip(conv, kernels):
@@ -545,11 +531,11 @@ class CSPNet(nn.Module):
         self.register_buffer("feats", head_features(inst))
         H, nf, (w1, w2) = *self.feats.shape, head
         self.groups = ((inst["n_rec"], 5 * WEEK_OPTIONS), (inst["n_oneoff"], T + 1), (len(inst["cap"]), 3 * T))
-        self.w1, self.w1f = nn.Linear(n, H * w1), _uniform(H, nf, w1, fan_in=n + nf)
-        self.w2, self.b2 = _uniform(H, w1, w2, fan_in=w1), _uniform(H, 1, w2, fan_in=w1)
+        self.w1, self.w1f = nn.Linear(n, H * w1), uniform(H, nf, w1, fan_in=n + nf)
+        self.w2, self.b2 = uniform(H, w1, w2, fan_in=w1), uniform(H, 1, w2, fan_in=w1)
         self.bn1, self.bn2 = nn.BatchNorm1d(H * w1), nn.BatchNorm1d(H * w2)
-        self.w3 = nn.ParameterList([_uniform(k, w2, o, fan_in=w2) for k, o in self.groups])
-        self.b3 = nn.ParameterList([_uniform(k, 1, o, fan_in=w2) for k, o in self.groups])
+        self.w3 = nn.ParameterList([uniform(k, w2, o, fan_in=w2) for k, o in self.groups])
+        self.b3 = nn.ParameterList([uniform(k, 1, o, fan_in=w2) for k, o in self.groups])
         for name, mask in zip(("mask_rec", "mask_one"), option_masks(inst, T)):
             self.register_buffer(name, mask)
 
@@ -589,8 +575,7 @@ def battery_charge(onehot, cap, m):
 
 
 def battery_violation(logits, inst, k=20.0):
-    """nu_b (eq. 18): mean over batteries and slots of max(0, -C) + max(0, C - cap) of the argmax states, with the
-    surrogate gradient of common.onehot_surrogate (eq. 16)."""
+    """nu_b (eq. 18): mean of max(0, -C) + max(0, C - cap) over batteries and slots; argmax states, eq. 16 gradient."""
     cap, m = (torch.as_tensor(inst[x], dtype=logits.dtype) for x in ("cap", "m"))
     charge = battery_charge(common.onehot_surrogate(logits, k), cap, m)
     return (F.relu(-charge) + F.relu(charge - cap[:, None])).mean((1, 2))
@@ -619,8 +604,8 @@ def train(args, ds, run_dir):
     ldf, idx, run_dir, crit = args.model == "ldf", ds["split"], Path(run_dir), "mu" if args.model == "ldf" else "ar"
     pre = torch.load(args.pretrained, weights_only=False) if args.pretrained else None
     scen = {k: ds["index"][v].tolist() for k, v in idx.items()}     # scenario indices: checkpoints compare them
-    if pre and (seen := trained_on(pre) & {*scen["val"], *scen["test"]}):
-        raise SystemExit(f"{args.pretrained} trained on {len(seen)} validation/test scenarios: retrain it on these labels")
+    if pre and (seen := len(trained_on(pre) & {*scen["val"], *scen["test"]})):
+        raise SystemExit(f"{args.pretrained} trained on {seen} validation/test scenarios: retrain it on these labels")
     cfg = {**vars(args), **({k: pre["config"][k] for k in ARCH} if pre else {})}
     raw = inputs(ds, dict(mean=np.zeros(3), std=np.ones(3))).numpy()[idx["train"]]
     norm = pre["norm"] if pre else dict(mean=raw.mean((0, 2)), std=raw.std((0, 2)) + 1e-6)
@@ -709,10 +694,8 @@ def repair_classes(logits, inst, T, fallback):
         todo.remove(a)
         dur, size, need, ok = inst["dur"][a], inst["large"][a], inst["rooms"][a], logits[a] > NEG / 2
         earliest = max([day[p] + 1 if start[p] >= 0 else np.inf for p in inst["prec"][a]], default=0)
-        if a < n_rec:                                   # the busiest week of each weekday
-            occ = np.stack([use[size, monday + d::7, NINE:FIVE].max(0, initial=0) for d in range(5)])
-        else:
-            occ = use[size]
+        occ = (np.stack([use[size, monday + d::7, NINE:FIVE].max(0, initial=0) for d in range(5)])
+               if a < n_rec else use[size])             # recurring: the busiest week of each weekday
         fits = np.lib.stride_tricks.sliding_window_view(occ, dur, 1).max(-1) + need <= room_cap[size]
         grid = np.zeros((len(occ), occ.shape[1] if a >= n_rec else WEEK_OPTIONS), bool)
         grid[:, :fits.shape[1]] = fits & (np.arange(len(occ)) >= earliest)[:, None]
@@ -745,8 +728,7 @@ def evaluate_schedules(ds, rows, sched):
         c, b = check_schedule(inst, ds["base"], ds["solar"], ds["price"][i], *(s[j] for s in sched[:3]), detail=det)
         low, high = np.maximum(0, -det["charge"]), np.maximum(0, det["charge"] - inst["cap"][:, None])
         fam.append([(100 * (v > 1e-6).mean(), v.mean(), v.max()) if v.size else (0.0, 0.0, 0.0) for v in (
-            low, high, low + high, np.maximum(0, det["rooms"][0] - inst["n_small"]),
-            np.maximum(0, det["rooms"][1] - inst["n_large"]), det["prec"])])
+            low, high, low + high, *np.maximum(0, det["rooms"] - [[inst["n_small"]], [inst["n_large"]]]), det["prec"])])
         cost, bad = cost + [c], bad + [sum(b.values())]
     ar, fam = common.approximation_ratio(cost, ds["obj"][rows], gap=ds["gap"][rows]), np.array(fam)
     return dict(ar_mean=ar.mean(), ar_max=ar.max(), ar_min=ar.min(), feasible_pct=100 * np.mean(np.array(bad) == 0),
@@ -761,9 +743,8 @@ def evaluate(ds, checkpoints, bf16=False):
         ck = torch.load(path, weights_only=False)
         if trained_on(ck) & set(ds["index"][rows]):
             raise SystemExit(f"{path} was trained on test scenarios (or predates their record): retrain it")
-        model = make_model(ds, ck["config"])
+        model, x = make_model(ds, ck["config"]), inputs(ds, ck["norm"])[rows]
         model.load_state_dict(ck["model"])
-        x = inputs(ds, ck["norm"])[rows]
         model = model.bfloat16() if bf16 else model
         predict(model, x, batch=len(rows))              # warm-up at the timed shape
         t = [time.perf_counter()]
@@ -774,13 +755,11 @@ def evaluate(ds, checkpoints, bf16=False):
         dp = [[battery_dispatch(0.25 / 1000 * ds["price"][i], *(ds["inst"][k][b] for k in ("cap", "m", "eff")))[1]
                for b in range(len(ds["inst"]["cap"]))] for i in rows]
         t.append(time.perf_counter())
-        results[name] = r = {d: evaluate_schedules(ds, rows, sch) for d, sch in zip(DECODES, (
-            raw_decode(out), rep, (*rep[:2], np.array(dp))))}
-        for d, ms in zip(DECODES, np.cumsum(np.diff(t)) * 1000 / len(rows)):
-            r[d]["ms"] = ms
+        results[name] = r = {d: {**evaluate_schedules(ds, rows, sch), "ms": ms} for d, sch, ms in zip(
+            DECODES, (raw_decode(out), rep, (*rep[:2], np.array(dp))), np.cumsum(np.diff(t)) * 1000 / len(rows))}
         r.update(fallbacks=int(fell.sum()), solver_s=ds["seconds"][rows].mean(), n_test=len(rows), epoch=ck["epoch"],
-                 n_train=len(ds["split"]["train"]), inference=f"{'bf16' if bf16 else 'fp32'}, {torch.get_num_threads()} "
-                 "thread(s)")
+                 n_train=len(ds["split"]["train"]), inference=f"{'bf16' if bf16 else 'fp32'}, "
+                 f"{torch.get_num_threads()} thread(s)")
     return results
 
 
@@ -801,10 +780,9 @@ def markdown(results):
         *[f"| {k} | " + " | ".join(f"{s[c]:.4f}" for c in ("ar_mean", "ar_max", "ar_min"))
           + f" | {s['feasible_pct']:.0f} | {s['ms']:.1f} |" for k, s in rows],
         *[f"| {n} (thesis) | raw | {THESIS[n][1]} | | | | |" for n in thesis],
-        f"\n{r['n_train']} training / {r['n_test']} test labels; solver {r['solver_s']:.1f} s per test label; inference "
-        f"{r['inference']}; selected "
-        "epoch and repairs that fell back to a label's classes: " + ", ".join(
-            f"{k} {v['epoch']}, {v['fallbacks']}" for k, v in results.items())])
+        f"\n{r['n_train']} training / {r['n_test']} test labels; solver {r['solver_s']:.1f} s per test label; "
+        f"inference {r['inference']}; selected epoch and repairs that fell back to a label's classes: "
+        + ", ".join(f"{k} {v['epoch']}, {v['fallbacks']}" for k, v in results.items())])
 
 
 def run(args, ds):

@@ -88,14 +88,17 @@ def test_repaired_decodes_of_random_outputs_pass_the_checker(ds):
         assert raw["fam"]["min or capacity"]["pct_mean"] > 0 and raw["feasible_pct"] < 100   # raw does violate
 
 
-def test_tiny_fc_then_ldf_end_to_end(ds, tmp_path, capsys):
+def test_tiny_fc_then_ldf_end_to_end(ds, tmp_path, capsys, monkeypatch):
+    clipped, clip = [], torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, n: clipped.append(n) or clip(p, n))
     fc = C.parse_args(["--model", "fc", "--epochs", "2", "--run-dir", str(tmp_path / "fc"), "--save",
                        str(tmp_path / "fc.pt")] + TINY_ARCH)
     r = C.run(fc, ds)
     assert (tmp_path / "fc.pt").exists() and (tmp_path / "fc" / "last.pt").exists()
     ck = torch.load(tmp_path / "fc.pt", weights_only=False)
     assert ck["config"]["model"] == "fc" and ck["config"]["head"] == (8, 8) and "mean" in ck["norm"]
-    assert r["fc"]["repaired"]["feasible_pct"] == 100
+    steps = 2 * len(range(0, len(ds["split"]["train"]) - 1, 4))                     # 2 epochs, batch 4
+    assert r["fc"]["repaired"]["feasible_pct"] == 100 and clipped == [1.0] * steps > []   # every step clipped
     ldf = C.parse_args(["--pretrained", str(tmp_path / "fc.pt"), "--epochs", "2", "--run-dir", str(tmp_path / "ldf"),
                         "--save", str(tmp_path / "ldf.pt"), "--step", "1", "--torch-threads", "1"])
     assert ldf.model == "ldf" and ldf.lr == 1e-3 and ldf.step == 1 and ldf.max_grad_norm == 1.0

@@ -486,7 +486,7 @@ def load_dataset(inst, base, solar, folder, seed=0, limit=None):
     ds["fallback"] = tuple(load_label(ref)[k] for k in LABEL_KEYS[:2]) if ref.exists() else (ds["rec"][0], ds["one"][0])
     u = np.array([np.random.default_rng([seed, i]).random() for i in ds["index"]])
     order, n_test = np.argsort(u), max(1, np.sum(u < 0.1))
-    n_val = n_test + max(1, np.sum((u >= 0.1) & (u < 0.2)))
+    n_val = min(len(u) - 1, n_test + max(1, np.sum((u >= 0.1) & (u < 0.2))))          # (and one to train)
     ds["split"] = dict(test=np.sort(order[:n_test]), val=np.sort(order[n_test:n_val]), train=np.sort(order[n_val:]))
     return ds
 
@@ -539,8 +539,11 @@ class CSPNet(nn.Module):
         for name, mask in zip(("mask_rec", "mask_one"), option_masks(inst, T)):
             self.register_buffer(name, mask)
 
+    def trunk(self, x):                                 # (B, 3, T) -> conv features -> mixer -> (B, mixer[-1])
+        return self.mixer(self.features(x[:, :, None].contiguous(memory_format=torch.channels_last)))
+
     def forward(self, x):
-        z = self.mixer(self.features(x[:, :, None].contiguous(memory_format=torch.channels_last)))
+        z = self.trunk(x)
         B, H = len(z), len(self.feats)
         h = self.w1(z) + torch.einsum("hf,hfo->ho", self.feats, self.w1f).reshape(-1)
         h = torch.baddbmm(self.b2, F.relu(self.bn1(h)).view(B, H, -1).transpose(0, 1), self.w2)   # (H, B, w2)
@@ -624,7 +627,7 @@ def train(args, ds, run_dir):
         state, norm = ck["state"], ck["norm"]
         print(f"resuming {run_dir}/last.pt at epoch {state['epoch']} (lambda_b {state['multiplier']:.4g})")
     x = inputs(ds, norm)
-    save = lambda name, **kw: common.atomic_torch_save(dict(model=model.state_dict(), norm=norm, config=cfg, split=idx,
+    save = lambda name, **kw: common.atomic_torch_save(dict(model=model.state_dict(), norm=norm, config=cfg,
                                                             scenarios=scen, epoch=state["epoch"], **kw), run_dir / name)
     for epoch in range(state["epoch"], args.epochs):
         if state["since_best"] >= args.patience:        # (also when resuming a run that stopped early)
@@ -781,7 +784,7 @@ def markdown(results):
           + f" | {s['feasible_pct']:.0f} | {s['ms']:.1f} |" for k, s in rows],
         *[f"| {n} (thesis) | raw | {THESIS[n][1]} | | | | |" for n in thesis],
         f"\n{r['n_train']} training / {r['n_test']} test labels; solver {r['solver_s']:.1f} s per test label; "
-        f"inference {r['inference']}; selected epoch and repairs that fell back to a label's classes: "
+        f"inference {r['inference']}; selected epoch and repairs that fell back to the reference label's classes: "
         + ", ".join(f"{k} {v['epoch']}, {v['fallbacks']}" for k, v in results.items())])
 
 

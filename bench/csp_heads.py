@@ -37,7 +37,7 @@ class LoopNet(C.CSPNet):
                           nn.ReLU(), nn.Linear(w2, out)) for k, out in self.groups for _ in range(k))
 
     def forward(self, x):
-        z = self.mixer(self.features(x))
+        z = self.trunk(x)
         outs = [head(torch.cat([z, f.expand(len(z), -1)], 1)) for head, f in zip(self.heads, self.feats)]
         ends = np.cumsum([0] + [k for k, _ in self.groups])
         rec, one, bat = (torch.stack(outs[i:j], 1) for i, j in zip(ends, ends[1:]))
@@ -80,11 +80,11 @@ def main():
           f"loop {sum(q.numel() for q in models['loop'].parameters()) / 1e6:.1f} M")
     for what in ("step", "heads"):
         heads_only = what == "heads"
-        x = torch.randn(B, args.mixer[-1]) if heads_only else torch.randn(B, 3, T)
+        x = torch.randn(B, args.mixer[-1], 1) if heads_only else torch.randn(B, 3, T)   # heads: a mixer output
         runs = {}
         for name, m in models.items():
             if heads_only:
-                m.features, m.mixer = nn.Identity(), nn.Identity()
+                m.features, m.mixer = nn.Flatten(), nn.Identity()    # trunk: (B, w, 1) -> (B, w, 1, 1) -> (B, w)
             runs[name] = (m, torch.optim.Adam(m.parameters(), 1e-3, fused=args.fused), [])
             step(m, runs[name][1], x, y, inst, heads_only)                  # warm-up
         for _ in range(args.reps):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import csp_ldf as C
+from bench.csp_inference import conv1d_net
 from test_csp_data import SHARED, needs_data, tiny
 
 TINY_ARCH = ["--conv", "4,4,4", "--kernels", "3,3,3", "--pool", "8", "--mixer", "16,16", "--head", "8,8",
@@ -123,20 +124,11 @@ def test_conv2d_features_are_the_thesis_conv1d_and_bf16_inference_agrees(ds):
     torch.manual_seed(0)
     model = C.CSPNet(ds["inst"], ds["price"].shape[1], conv=(8, 16, 8), kernels=(8, 5, 3), pool=4,
                      mixer=(32, 32), head=(16, 16)).eval()
+    for bn in (m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))):
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)      # batch norm that does something
     x = torch.randn(6, 3, ds["price"].shape[1])
-    h = x
-    for layer in model.features:
-        if isinstance(layer, torch.nn.Conv2d):
-            h = torch.nn.functional.conv1d(h, layer.weight[:, :, 0], layer.bias)
-        elif isinstance(layer, torch.nn.BatchNorm2d):
-            h = torch.nn.functional.batch_norm(h, layer.running_mean, layer.running_var, layer.weight, layer.bias)
-        elif isinstance(layer, torch.nn.MaxPool2d):
-            h = torch.nn.functional.max_pool1d(h, layer.kernel_size[1])
-        else:
-            h = layer(h)
-    with torch.no_grad():
-        torch.testing.assert_close(model.features(x[:, :, None].contiguous(memory_format=torch.channels_last)), h,
-                                   rtol=1e-4, atol=1e-4)
+    with torch.no_grad():                   # bench/csp_inference.py's copy with nn.Conv1d / BatchNorm1d / MaxPool1d
+        torch.testing.assert_close(model(x), conv1d_net(model)(x), rtol=1e-4, atol=1e-4)
     full, half = C.predict(model, x), C.predict(model.bfloat16(), x)
     assert all(half[k].dtype == torch.float32 for k in half)
     assert (full["bat"].argmax(-1) == half["bat"].argmax(-1)).float().mean() > 0.9

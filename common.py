@@ -5,18 +5,21 @@ one-hot argmax); the *violation* nu of a constraint is relaxed into the loss wit
 *multiplier* lambda, which a *subgradient step* raises once per epoch; models are selected by the
 approximation ratio (AR) or by the *mu-loss* (label loss + mu * violation).
 """
+
 import argparse
 import json
 import math
 import os
 import random
-import sys
 import tempfile
 import time
-import warnings
 
 import numpy as np
 import torch
+
+from csrc.ops import onehot_surrogate as onehot_surrogate
+from csrc.ops import onehot_surrogate_torch as onehot_surrogate_torch
+from csrc.ops import sigmoid_slope
 
 
 # ---------------------------------------------------------------- reproducibility and files
@@ -34,13 +37,45 @@ def pick_device(name="auto"):
     return torch.device(name)
 
 
+TEMPORARY_PREFIX = ".tmp-"  # atomic writes go through <folder>/.tmp-*, renamed when complete
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder, older_than_seconds=0.0):
+    """Delete what killed atomic writes left in `folder` (a later run calls this on start)."""
+    if not os.path.isdir(folder):
+        return
+    now = time.time()
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if name.startswith(TEMPORARY_PREFIX) and now - os.path.getmtime(path) >= older_than_seconds:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+
+
+def set_threads(threads=None):
+    """torch's intra-op threads: `threads`, else the cores this process may run on."""
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def atomic_write_bytes(path, data):
     """Write `data` to `path` so that a reader (or an interrupt) never sees a partial file."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX, suffix=os.path.basename(path))
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # the mode of an ordinary new file, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -67,6 +102,7 @@ def _jsonable(x):
 def atomic_torch_save(obj, path):
     """torch.save through a temporary file and an atomic rename."""
     import io
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -82,6 +118,7 @@ def _checked(kind, test, what):
         if not test(value):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
+
     parse.__name__ = what  # argparse names the type in its error message
     return parse
 
@@ -92,15 +129,7 @@ positive_int = _checked(int, lambda v: v > 0, "a positive integer")
 nonnegative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 
 
-# ---------------------------------------------------------------- surrogate gradients (thesis eq. 13, 16)
-def sigmoid_slope(a, b, k):
-    """sigma_f(a, b): derivative at a of a sigmoid of sharpness k centred at b, k*s*(1-s) with
-    s = sigmoid(k(a-b)). Written as k*sigmoid(x)*sigmoid(-x), it is finite for every input (the
-    thesis' k*exp(-kd)/(exp(-kd)+1)**2 overflows to inf/inf = NaN once exp(-kd) passes float max)."""
-    x = k * (a - b)
-    return k * torch.sigmoid(x) * torch.sigmoid(-x)
-
-
+# -------------------------------------------------------------- rounding surrogate (thesis eq. 13)
 class _RoundSurrogate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p, k):
@@ -134,6 +163,216 @@ def mu_loss(label_loss, violation, mu):
     return float(np.mean(np.asarray(label_loss) + mu * np.asarray(violation)))
 
 
+# ---------------------------------------------------------------- the LDF training loop
+class TrainingDiverged(RuntimeError):
+    """The loss, the weights or the multiplier stopped being finite; last.pt: the last good one."""
+
+
+def checkpoint_is_finite(model, multiplier):
+    """True when every weight, buffer and the multiplier are finite (a checkpoint worth keeping)."""
+    tensors = list(model.state_dict().values())
+    finite = all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+    return finite and math.isfinite(multiplier)
+
+
+def load_checkpoint(path, what="checkpoint"):
+    """torch.load, with an error naming the file when it is missing, truncated or no checkpoint."""
+    path = os.fspath(path)
+    try:
+        checkpoint = torch.load(path, weights_only=False, map_location="cpu")
+    except FileNotFoundError:
+        raise SystemExit(f"{path}: no such {what}") from None
+    except Exception as err:
+        raise SystemExit(
+            f"{path}: not a readable {what} ({type(err).__name__}: {str(err)[:200]}); "
+            "delete it or pass another file"
+        ) from None
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise SystemExit(f"{path}: not an ldf-ip {what} (no model weights in it)")
+    return checkpoint
+
+
+def resume_checkpoint(out, fingerprint, fresh):
+    """<out>/last.pt when a run should resume from it, else None (and stale checkpoints of an
+    earlier run in `out` are removed, so that nothing this run did not produce is ever reported).
+
+    fingerprint: what must be equal to resume (problem, model, data, hyper-parameters); a last.pt
+    with another fingerprint is refused with the names of the settings that differ."""
+    last = os.path.join(out, "last.pt")
+    if os.path.exists(last) and not fresh:
+        checkpoint = load_checkpoint(last, "training checkpoint (last.pt)")
+        saved = checkpoint.get("fingerprint", {})
+        differ = sorted(
+            k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)
+        )
+        if differ:
+            raise SystemExit(
+                f"{last} was trained with other settings ({', '.join(differ)}): "
+                "pass --fresh to start over, or another output folder"
+            )
+        return checkpoint
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(out):
+        if name.endswith(".pt") and (name.startswith("best_") or name == "last.pt"):
+            os.remove(os.path.join(out, name))
+    return None
+
+
+def train_ldf(
+    model,
+    optimizer,
+    train_rows,
+    batch_loss,
+    validate,
+    out,
+    *,
+    ldf,
+    epochs,
+    patience,
+    batch_size,
+    max_grad_norm,
+    lambda0,
+    step,
+    mus,
+    select,
+    track,
+    seed,
+    saved,
+    fingerprint,
+    resume=None,
+    violation_sum=None,
+):
+    """The Lagrangian dual framework's training loop (thesis Algorithm 1), for both problems.
+
+    Each epoch: Adam over shuffled mini-batches of `train_rows` (gradient norm clipped to
+    `max_grad_norm`, 0 = no clipping); then validation; then, for LDF, one subgradient step of the
+    multiplier, lambda <- lambda + step * (sum of the training set's violations). Checkpoints:
+    best_<criterion>.pt for every tracked criterion, last.pt (optimizer and state, to resume).
+
+    batch_loss(rows, multiplier) -> (loss, label loss per instance, violation per instance), with
+        the model in training mode; loss is the scalar minimised.
+    validate() -> dict with "ar" (mean validation AR), "label_loss" and "violation" (per-instance
+        arrays; the label loss summed over the decisions as the mu-loss wants it), and any further
+        numbers for the history.
+    violation_sum() -> the training set's violation sum for the multiplier step, from a separate
+        pass; None: the sum over the epoch's mini-batches.
+    track: the criteria that count as progress, from "ar", "loss" (validation label loss +
+        lambda * violation) and "mu<m>" for m in mus; `select` is one of them, the model's result.
+    Stopping: after `epochs`, or once `patience` epochs in a row improved no tracked criterion (the
+    thesis: 400, at most 500 epochs). A non-finite loss, weight or multiplier raises
+    TrainingDiverged; last.pt then still holds the last good epoch.
+    saved: stored in every checkpoint (config, normalisation, data identity).
+    resume: a last.pt from resume_checkpoint(), or None.
+    Returns (state, path of the selected checkpoint)."""
+    from tqdm import tqdm
+
+    if select not in track:
+        raise ValueError(f"select={select!r} must be one of track={track}")
+    state = {
+        "epoch": 0,
+        "multiplier": lambda0 if ldf else 0.0,
+        "history": [],
+        "best": {},
+        "since_best": 0,
+        "train_seconds": 0.0,
+        "stopped": None,
+    }
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        state = resume["state"]
+        print(
+            f"resuming from {os.path.join(out, 'last.pt')} at epoch {state['epoch']} "
+            f"(multiplier {state['multiplier']:.4g})"
+        )
+
+    def save(name, **extra):
+        checkpoint = {
+            "model": model.state_dict(),
+            "epoch": state["epoch"],
+            "multiplier": state["multiplier"],
+            "fingerprint": fingerprint,
+            **saved,
+            **extra,
+        }
+        atomic_torch_save(checkpoint, os.path.join(out, name))
+
+    def diverged(what):
+        return TrainingDiverged(
+            f"{what} in epoch {state['epoch'] + 1}: training stopped. "
+            f"{os.path.join(out, 'last.pt')} holds the last good epoch ({state['epoch']}); "
+            "lower --lr, --step or --lambda0, or set --max-grad-norm"
+        )
+
+    train_rows = np.asarray(train_rows)
+    bar = tqdm(total=epochs, initial=state["epoch"], desc=f"train ({select})", unit="epoch")
+    for epoch in range(state["epoch"], epochs):
+        if state["since_best"] >= patience:  # also when resuming a run that stopped early
+            state["stopped"] = "patience"
+            break
+        started = time.perf_counter()
+        sums = np.zeros(3)  # loss * rows, label loss, violation over the epoch
+        perm = np.random.default_rng([seed, epoch]).permutation(train_rows)
+        for start in range(0, len(perm) - 1, batch_size):  # (batch norm needs two rows)
+            rows = np.sort(perm[start : start + batch_size])
+            model.train()
+            loss, label, violation = batch_loss(rows, state["multiplier"])
+            if not torch.isfinite(loss):
+                raise diverged(f"the loss became {loss.item()}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            sums += [loss.item() * len(rows), label.sum().item(), violation.sum().item()]
+        val = validate()
+        label_val = np.asarray(val["label_loss"], dtype=np.float64)
+        nu_val = np.asarray(val["violation"], dtype=np.float64)
+        values = {"ar": float(val["ar"]), "loss": mu_loss(label_val, nu_val, state["multiplier"])}
+        for mu in mus:
+            values[f"mu{mu:g}"] = mu_loss(label_val, nu_val, mu)
+        if ldf:  # Algorithm 1: one subgradient step per epoch on the training set's violations
+            total = sums[2] if violation_sum is None else violation_sum()
+            state["multiplier"] = subgradient_step(state["multiplier"], step, total)
+        if not checkpoint_is_finite(model, state["multiplier"]):
+            raise diverged("the weights or the multiplier became non-finite")
+        state["epoch"] = epoch + 1
+        state["train_seconds"] += time.perf_counter() - started
+        n_train = len(train_rows)
+        row = {
+            "epoch": epoch + 1,
+            "loss": sums[0] / n_train,
+            "label_loss": sums[1] / n_train,
+            "violation": sums[2] / n_train,
+            "multiplier": state["multiplier"],
+            "seconds": state["train_seconds"],
+            **{f"val_{name}": value for name, value in values.items()},
+            **{
+                f"val_{k}": float(v)
+                for k, v in val.items()
+                if k not in ("ar", "label_loss", "violation")
+            },
+        }
+        state["history"].append(row)
+        state["since_best"] += 1
+        for name in track:
+            if values[name] < state["best"].get(name, (math.inf,))[0]:
+                state["best"][name] = (values[name], epoch + 1, state["train_seconds"])
+                state["since_best"] = 0
+                save(f"best_{name}.pt", selected_by=name, value=values[name])
+        save("last.pt", optimizer=optimizer.state_dict(), state=state)
+        bar.update(1)
+        bar.set_postfix(
+            ar=f"{values['ar']:.4f}",
+            viol=f"{float((nu_val > 0).mean()):.1%}",
+            lam=f"{state['multiplier']:.4g}",
+        )
+    else:
+        state["stopped"] = "epochs"
+    bar.close()
+    return state, os.path.join(out, f"best_{select}.pt")
+
+
 # ---------------------------------------------------------------- approximation ratio (eq. 14, 17)
 def approximation_ratio(pred_obj, opt_obj, gap=None):
     """Per-instance approximation ratio, >= 1, 1 = optimal.
@@ -156,150 +395,3 @@ def approximation_ratio(pred_obj, opt_obj, gap=None):
     middle = 0.5 * (lower + opt)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(pred <= middle, opt / pred, pred / lower)
-
-
-# ---------------------------------------------------------------- one-hot surrogate (thesis eq. 16)
-# onehot_surrogate runs the C++/CUDA op ldf_ip::onehot_surrogate of csrc/ when it can be loaded:
-# prebuilt (`python setup.py build_ext --inplace` or `pip install -e .`), else JIT-built with ninja
-# into build/jit-*/ (once; LDF_IP_BUILD_DIR moves it), else the pure-PyTorch version below, with a
-# warning. LDF_IP_ONEHOT=torch forces the pure-PyTorch version. ONEHOT_IMPL says which one runs.
-_CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-
-
-def _check_onehot_args(z, k, dim):
-    """The checks of csrc/onehot.h, with its messages, for the pure-PyTorch path and the fake op."""
-    if z.dtype not in (torch.float32, torch.float64):
-        raise RuntimeError(f"onehot_surrogate: z must be float32 or float64, got {z.dtype}")
-    if z.dim() == 0:
-        raise RuntimeError("onehot_surrogate: z must have at least one dimension")
-    if not math.isfinite(k):
-        raise RuntimeError(f"onehot_surrogate: k must be finite, got {k}")
-    if z.shape[dim] == 0:
-        raise RuntimeError(f"onehot_surrogate: the class dimension (dim {dim % z.dim()}) of z is "
-                           f"empty, shape {list(z.shape)}")
-
-
-def _onehot_torch_backward(g, z, idx, k, dim):
-    """Eq. 16 in O(numel) tensor ops; idx is the argmax with keepdim."""
-    z_max, g_max = z.gather(dim, idx), g.gather(dim, idx)
-    slope = sigmoid_slope(z, z_max, k).scatter_(dim, idx, 0.0)  # sigma_f(z_j, z_max), 0 at j = max
-    z_pen = z.scatter(dim, idx, float("-inf")).amax(dim, keepdim=True)  # -inf when C == 1: slope 0
-    grad_max = sigmoid_slope(z_pen, z_max, k) * g_max - (slope * g).sum(dim, keepdim=True)
-    return (slope * (g - g_max)).scatter_(dim, idx, grad_max)
-
-
-class _OnehotTorch(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z, k, dim):
-        idx = z.argmax(dim, keepdim=True)
-        ctx.save_for_backward(z, idx)
-        ctx.k, ctx.dim = k, dim
-        return torch.zeros_like(z).scatter_(dim, idx, 1.0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        z, idx = ctx.saved_tensors
-        return _onehot_torch_backward(grad, z, idx, ctx.k, ctx.dim), None, None
-
-
-def onehot_surrogate_torch(z, k=20.0, dim=-1):
-    """Pure-PyTorch onehot_surrogate: the fallback, and the baseline of bench/onehot.py."""
-    _check_onehot_args(z, float(k), dim)
-    return _OnehotTorch.apply(z, float(k), dim)
-
-
-def _load_onehot_ext():
-    """Load the C++ op and return how ("prebuilt" or "jit"), or "torch" when it cannot be had."""
-    if os.environ.get("LDF_IP_ONEHOT") == "torch":
-        return "torch"
-    try:
-        import _ldf_ip_ops  # noqa: F401  (built by setup.py; importing it registers the op)
-        return "prebuilt"
-    except ImportError:
-        pass
-    try:
-        from torch.utils.cpp_extension import CUDA_HOME, load
-        cuda = torch.cuda.is_available() and CUDA_HOME is not None
-        name = "ldf_ip_ops_cuda" if cuda else "ldf_ip_ops_cpu"
-        sources = [os.path.join(_CSRC, f) for f in ["onehot.cpp"] + ["onehot_cuda.cu"] * cuda]
-        build = os.environ.get("LDF_IP_BUILD_DIR") or os.path.join(_CSRC, "..", "build", "jit-" + name)
-        os.makedirs(build, exist_ok=True)
-        so = os.path.join(build, name + ".so")
-        deps = sources + [os.path.join(_CSRC, f) for f in ("onehot.h", "onehot_kernels.h")]
-        stale = not os.path.exists(so) or os.path.getmtime(so) < max(map(os.path.getmtime, deps))
-        start = time.time()
-        load(name=name, sources=sources, build_directory=build, is_python_module=False,
-             extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math"], extra_ldflags=["-fopenmp"],
-             extra_cuda_cflags=["-O3"])
-        if stale:
-            print(f"ldf-ip: onehot_surrogate uses the C++{'/CUDA' if cuda else ''} extension "
-                  f"(JIT-built in {time.time() - start:.0f} s into {os.path.normpath(build)})",
-                  file=sys.stderr)
-        return "jit"
-    except Exception as err:  # no compiler, no ninja, a build error: run, slower
-        warnings.warn(f"ldf-ip: onehot_surrogate falls back to pure PyTorch, the C++ extension "
-                      f"could not be built or loaded ({type(err).__name__}: {str(err)[-300:]})")
-        return "torch"
-
-
-def _register_onehot_autograd():
-    """Fake kernels (torch.compile, opcheck) and autograd for the C++ op, as pytorch/extension-cpp."""
-    @torch.library.register_fake("ldf_ip::onehot_surrogate")
-    def _(z, k, dim):
-        _check_onehot_args(z, k, dim)
-        shape = list(z.shape)
-        del shape[dim]
-        return z.new_empty(z.shape), z.new_empty(shape, dtype=torch.long)
-
-    @torch.library.register_fake("ldf_ip::onehot_surrogate_backward")
-    def _(grad, z, index, k, dim):
-        if not grad.device == z.device == index.device:
-            raise RuntimeError("onehot_surrogate_backward: grad, z and index must be on one device, "
-                               f"got {grad.device}, {z.device}, {index.device}")
-        return z.new_empty(z.shape)
-
-    def setup_context(ctx, inputs, output):
-        z, k, dim = inputs
-        ctx.save_for_backward(z, output[1])
-        ctx.k, ctx.dim = k, dim
-
-    def backward(ctx, grad, _grad_index):
-        z, index = ctx.saved_tensors
-        return torch.ops.ldf_ip.onehot_surrogate_backward(grad, z, index, ctx.k, ctx.dim), None, None
-
-    torch.library.register_autograd("ldf_ip::onehot_surrogate", backward, setup_context=setup_context)
-
-
-_onehot_backend_state = {}
-
-
-def _onehot_backend():
-    """(implementation, has CUDA kernels): loaded or built on first use, so a script that never
-    calls onehot_surrogate (knapsack_ldf.py) never pays for the build."""
-    if not _onehot_backend_state:
-        impl = _load_onehot_ext()
-        if impl != "torch":
-            _register_onehot_autograd()
-        cuda = impl != "torch" and torch._C._dispatch_has_kernel_for_dispatch_key("ldf_ip::onehot_surrogate", "CUDA")
-        _onehot_backend_state.update(impl=impl, cuda=cuda)
-    return _onehot_backend_state["impl"], _onehot_backend_state["cuda"]
-
-
-def __getattr__(name):
-    """common.ONEHOT_IMPL ("prebuilt", "jit" or "torch") and common._ONEHOT_CUDA, resolved lazily."""
-    if name == "ONEHOT_IMPL":
-        return _onehot_backend()[0]
-    if name == "_ONEHOT_CUDA":
-        return _onehot_backend()[1]
-    raise AttributeError(f"module 'common' has no attribute {name!r}")
-
-
-def onehot_surrogate(z, k=20.0, dim=-1):
-    """One-hot of argmax(z, dim) (ties -> lowest index, as torch.argmax), same dtype as z, whose
-    backward is the surrogate Jacobian of thesis eq. 16: for j != max,
-    dL/dz_j = sigma_f(z_j, z_max) (g_j - g_max); dL/dz_max = sigma_f(z_pen, z_max) g_max -
-    sum_{j != max} sigma_f(z_j, z_max) g_j, with z_pen the runner-up and sigma_f = sigmoid_slope."""
-    impl, cuda = _onehot_backend()
-    if impl == "torch" or (z.is_cuda and not cuda):
-        return onehot_surrogate_torch(z, k, dim)
-    return torch.ops.ldf_ip.onehot_surrogate(z, float(k), dim)[0]

@@ -1,39 +1,90 @@
-"""0/1 knapsack with the Lagrangian Dual Framework (thesis chapter 3), in one file.
+"""0/1 knapsack with the Lagrangian dual framework (thesis chapter 3), in one file.
 
     instances -> exact labels -> model (FC) -> loss (BCE + lambda * violation) -> train -> evaluate
 
-    python knapsack_ldf.py --lr 1e-4 --step 1e-7            # LDF, the thesis' selected setting
-    python knapsack_ldf.py --model fc                        # the FC baseline (writes <out>/fc.pt)
-    python knapsack_ldf.py --pretrained runs/knapsack/fc/fc.pt   # LDF started from a trained FC
-    python knapsack_ldf.py --eval-only runs/knapsack/ldf/ldf.pt  # the table of a saved checkpoint
+    python knapsack_ldf.py --model fc                             # Table 2: the FC baseline
+    python knapsack_ldf.py --lr 1e-4 --step 1e-7                  # Table 3: LDF
+    python knapsack_ldf.py --pretrained runs/knapsack/fc/fc.pt    # Table 4: LDF from the trained FC
+    python knapsack_ldf.py --eval-only runs/knapsack/ldf/ldf.pt   # the tables of a saved checkpoint
 
-The violation of an instance is nu = max(0, sum_i xhat_i w_i - W) / W, relative to its capacity W
-(see README: the thesis code's raw sum made gradients explode at large capacities).
+Defaults are the thesis' set-up: its instances (the thesis code's integer weights and values in
+[1, 2000], which the text calls U[0,1] after min-max scaling), its violation (the raw overshoot
+max(0, sum_i xhat_i w_i - W) in weight units), its selected learning rate, Lagrangian step and
+gradient clipping per model, its model selection (FC: validation AR; LDF: the 1-loss) and its
+stopping rule (at most 500 epochs; stop once 400 epochs in a row improved neither the validation
+AR, the validation loss nor any mu-loss).
 """
+
 import argparse
+import hashlib
 import io
 import itertools
 import json
-import math
 import multiprocessing as mp
 import os
 import sys
 import time
-import warnings
 
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from tqdm import tqdm
+# Threads that wait for each other spin by default; beside another busy process that made training
+# 10-25x slower on 2 cores (bench/knapsack_threads.py). Set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import common
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
-# The solvers see integers: weights ceil(w * 2^30), capacity floor(W * 2^30), values round(v * 2^30).
-# w and v are float32 draws, so w * 2^30 is exact for every w >= 2^-6 and the integer problem is the
-# float problem (an earlier 1e-6 rounding cut off float-feasible solutions: 0.17 % of labels were
-# 0.007 % short of optimal, which the greedy heuristic exposed). Labels are re-checked in floats.
-SCALE = 2**30
+import common  # noqa: E402
+
+THESIS_VALUE_RANGE = 2000  # thesis code (0-1_Knapsack/Gen_Instances.py): w, v ~ randint(1, 2000)
+LABEL_CHUNK = 500  # instances per label file: the unit of resuming
+EVAL_SEED_OFFSET = 7  # fresh instances of other sizes (--eval-items) are drawn with seed + 7
+SPLIT_SEED_OFFSET = 1  # the train/val/test shuffle is drawn with seed + 1
+QUINTILES = 5
+
+# The thesis' selected hyper-parameters (section 3.3), used where a flag is not given.
+THESIS_SETTINGS = {
+    "fc": {"lr": 1e-3, "step": 0.0, "max_grad_norm": 10.0},
+    "ldf": {"lr": 1e-4, "step": 1e-7, "max_grad_norm": 0.5},
+    "ldf-pretrained": {"lr": 1e-4, "step": 1e-4, "max_grad_norm": 10.0},
+}
+THESIS_EPOCHS = 500
+THESIS_PATIENCE = 400
+
+# The thesis' Tables 2-4 (test split): quintile rows of alpha, then "all".
+# % violated, mean violation (% of W), % under, % over, Avg-O %, Avg-U %, AR; None = N/A.
+THESIS_TABLES = {
+    "fc": [
+        (64.7, 105.7, 64.1, 35.9, 39.1, 13.6, 1.254),
+        (66.1, 8.77, 56.8, 43.2, 3.26, 4.49, 1.0417),
+        (95.42, 9.9, 14.92, 85.1, 3.17, 1.36, 1.029),
+        (99.84, 10.4, 8.6, 91.4, 1.97, 0.55, 1.0185),
+        (100.0, 7.55, 3.17, 96.83, 0.66, 0.11, 1.0064),
+        (84.93, 21.14, 30.0, 70.0, 5.89, 7.76, 1.0703),
+    ],
+    "ldf": [
+        (10.48, 195.0, 96.8, 3.16, 113.2, 30.35, 1.5643),
+        (0.16, 2.93, 100.0, 0.0, None, 12.73, 1.1521),
+        (0.0, None, 100.0, 0.0, None, 8.46, 1.0931),
+        (0.0, None, 100.0, 0.0, None, 5.88, 1.0628),
+        (0.0, None, 100.0, 0.0, None, 2.62, 1.027),
+        (2.13, 191.0, 99.4, 0.6, 113.24, 12.0, 1.1811),
+    ],
+    "ldf-pretrained": [
+        (14.0, 278.0, 93.8, 6.2, 92.1, 30.4, 1.51),
+        (0.32, 1.93, 100.0, 0.0, None, 2.38, 1.1894),
+        (0.17, 1.38, 100.0, 0.0, None, 8.78, 1.09732),
+        (0.0, None, 100.0, 0.0, None, 5.29, 1.0562),
+        (0.0, None, 100.0, 0.0, None, 2.37, 1.0245),
+        (2.9, 268.0, 98.8, 1.2, 92.1, 12.4, 1.177),
+    ],
+}
+THESIS_TRAINING = {  # Table 5: epochs and minutes to converge (6-core i5-11400)
+    "fc": (16, 0.7),
+    "ldf-pretrained": (46, 2.6),
+    "ldf": (250, 16.0),
+}
 
 
 # ====================================================================== arguments
@@ -44,93 +95,287 @@ def items_arg(text):
     return n
 
 
+def value_range_arg(text):
+    value_range = common.positive_int(text)
+    if value_range < 2:
+        raise argparse.ArgumentTypeError(f"--range needs at least 2, got {value_range}")
+    return value_range
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     g = p.add_argument_group("instances and labels")
-    g.add_argument("--items", type=items_arg, default=500, help="items per instance, n (thesis: 500)")
-    g.add_argument("--instances", type=common.positive_int, default=30000,
-                   help="instances S, split 80/10/10 into train/val/test (thesis: 30000)")
-    g.add_argument("--solver", choices=["ortools", "gurobi"], default="ortools",
-                   help="exact back end for the labels (gurobi falls back to ortools if its licence is too small)")
-    g.add_argument("--workers", type=common.positive_int, default=max(1, os.cpu_count() or 1),
-                   help="label-generation worker processes")
+    g.add_argument(
+        "--items", type=items_arg, default=500, help="items per instance n (thesis: 500)"
+    )
+    g.add_argument(
+        "--instances",
+        type=common.positive_int,
+        default=30000,
+        help="instances S, split 80/10/10 into train/val/test (thesis: 30000)",
+    )
+    g.add_argument(
+        "--range",
+        dest="value_range",
+        type=value_range_arg,
+        default=THESIS_VALUE_RANGE,
+        help="integer weights and values are drawn from 1..R (thesis code: 2000)",
+    )
+    g.add_argument(
+        "--solver",
+        choices=["ortools", "gurobi"],
+        default="ortools",
+        help="exact back end for the labels (gurobi falls back to ortools if its licence is small)",
+    )
+    g.add_argument(
+        "--workers",
+        type=common.positive_int,
+        default=max(1, os.cpu_count() or 1),
+        help="label-generation worker processes",
+    )
     g.add_argument("--data-dir", default="data", help="where instances and labels are cached")
-    g = p.add_argument_group("model and training")
-    g.add_argument("--model", choices=["fc", "ldf"], default="ldf",
-                   help="fc: BCE only; ldf: BCE + lambda * violation (default)")
-    g.add_argument("--arch", choices=["fc", "set"], default="fc",
-                   help="fc: the thesis network (fixed n); set: permutation-equivariant item scorer (any n)")
-    g.add_argument("--supervision", choices=["labels", "none"], default="labels",
-                   help="none: no solver labels in training, loss = -objective of the relaxed prediction + "
-                        "lambda * its LP violation (needs --model ldf)")
-    g.add_argument("--pretrained", metavar="CKPT", help="start from this checkpoint's weights (thesis' pre-trained LDF)")
-    g.add_argument("--epochs", type=common.positive_int, default=500, help="maximum epochs (thesis: 500)")
-    g.add_argument("--patience", type=common.positive_int, default=20,
-                   help="stop after this many epochs without a better selection criterion")
-    g.add_argument("--batch-size", type=common.positive_int, default=256)
-    g.add_argument("--lr", type=common.positive_float, default=1e-4, help="Adam learning rate")
-    g.add_argument("--step", type=common.nonnegative_float, default=1e-7,
-                   help="Lagrangian step s of the per-epoch multiplier update (thesis Algorithm 1)")
-    g.add_argument("--lambda0", type=common.nonnegative_float, default=1.0, help="initial multiplier")
-    g.add_argument("--max-grad-norm", type=common.nonnegative_float, default=1.0,
-                   help="clip the gradient norm to this (0: no clipping)")
-    g.add_argument("--k", type=common.positive_float, default=25.0, help="sharpness of the rounding surrogate (eq. 13)")
-    g.add_argument("--mu", type=common.nonnegative_float, nargs="+", default=[0.0, 10.0, 100.0, 1000.0],
-                   help="mu values of the mu-loss (eq. 15: validation BCE summed over items + mu * relative "
-                        "violation); one best checkpoint is kept per mu")
-    g.add_argument("--select-mu", type=common.nonnegative_float, default=1000.0,
-                   help="the mu whose best checkpoint LDF reports (FC reports its best validation AR)")
-    g.add_argument("--grid", action="store_true", help="run the Table 1 grid (lr x step x max-grad-norm)")
+    g = p.add_argument_group("model and training (defaults: the thesis' selected models)")
+    g.add_argument(
+        "--model",
+        choices=["fc", "ldf"],
+        default="ldf",
+        help="fc: BCE only; ldf: BCE + lambda * violation (default)",
+    )
+    g.add_argument(
+        "--arch",
+        choices=["fc", "set"],
+        default="fc",
+        help="fc: the thesis network (fixed n); set: permutation-equivariant item scorer (any n)",
+    )
+    g.add_argument(
+        "--supervision",
+        choices=["labels", "none"],
+        default="labels",
+        help="none: no labels in training; loss = -objective of the relaxed prediction + "
+        "lambda * its LP violation (needs --model ldf)",
+    )
+    g.add_argument(
+        "--pretrained",
+        metavar="CKPT",
+        help="start LDF from this checkpoint's weights (the thesis' pre-trained LDF)",
+    )
+    g.add_argument(
+        "--epochs",
+        type=common.positive_int,
+        default=THESIS_EPOCHS,
+        help=f"maximum epochs (thesis: {THESIS_EPOCHS})",
+    )
+    g.add_argument(
+        "--patience",
+        type=common.positive_int,
+        default=THESIS_PATIENCE,
+        help="stop once this many epochs in a row improved none of: validation AR, validation "
+        f"loss, any mu-loss (thesis: {THESIS_PATIENCE})",
+    )
+    g.add_argument("--batch-size", type=common.positive_int, default=256, help="thesis: 256")
+    g.add_argument(
+        "--lr",
+        type=common.positive_float,
+        help="Adam learning rate (thesis: fc 1e-3, ldf 1e-4, pre-trained 1e-4)",
+    )
+    g.add_argument(
+        "--step",
+        type=common.nonnegative_float,
+        help="Lagrangian step s of the per-epoch multiplier update, Algorithm 1 "
+        "(thesis: ldf 1e-7, pre-trained 1e-4)",
+    )
+    g.add_argument(
+        "--lambda0",
+        type=common.nonnegative_float,
+        default=1.0,
+        help="initial multiplier (thesis: 1)",
+    )
+    g.add_argument(
+        "--max-grad-norm",
+        type=common.nonnegative_float,
+        help="clip the gradient norm to this, 0: no clipping "
+        "(thesis: fc 10, ldf 0.5, pre-trained 10)",
+    )
+    g.add_argument(
+        "--violation",
+        choices=["raw", "relative"],
+        default="raw",
+        help="raw: max(0, sum_i x_i w_i - W) in weight units (thesis code); relative: divided by W",
+    )
+    g.add_argument(
+        "--k",
+        type=common.positive_float,
+        default=25.0,
+        help="sharpness of the rounding surrogate (eq. 13; thesis: 25)",
+    )
+    g.add_argument(
+        "--mu",
+        type=common.nonnegative_float,
+        nargs="+",
+        default=[0.0, 1.0, 10.0],
+        help="mu values of the mu-loss (eq. 15: validation BCE summed over items "
+        "+ mu * violation); one best checkpoint is kept per mu",
+    )
+    g.add_argument(
+        "--select-mu",
+        type=common.nonnegative_float,
+        default=1.0,
+        help="the mu whose best checkpoint LDF reports (thesis: the 1-loss); FC reports its best "
+        "validation AR",
+    )
+    g.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="bf16: bfloat16 autocast for the network (training and inference); auto: bf16 on "
+        "CUDA and on CPUs with AMX or AVX-512 BF16, else fp32",
+    )
+    g.add_argument(
+        "--grid", action="store_true", help="run the Table 1 grid (lr x step x grad norm)"
+    )
     g.add_argument("--grid-lr", type=common.positive_float, nargs="+", default=[1e-3, 1e-4, 1e-5])
-    g.add_argument("--grid-step", type=common.nonnegative_float, nargs="+", default=[1e-5, 1e-6, 1e-7])
-    g.add_argument("--grid-max-grad-norm", type=common.nonnegative_float, nargs="+", default=[0.0, 1.0])
+    g.add_argument(
+        "--grid-step", type=common.nonnegative_float, nargs="+", default=[1e-8, 1e-7, 1e-6, 1e-5]
+    )
+    g.add_argument(
+        "--grid-max-grad-norm", type=common.nonnegative_float, nargs="+", default=[0.5, 1.0, 10.0]
+    )
     g = p.add_argument_group("evaluation")
-    g.add_argument("--decode", choices=["raw", "repair"], default="raw",
-                   help="which decode results.json calls 'test' (tables always show raw, repaired and greedy): "
-                        "repair takes the model's items by falling probability while they fit, then fills greedily")
-    g.add_argument("--eval-items", type=items_arg, nargs="+", default=[],
-                   help="set arch: also evaluate on fresh instances with these n, without retraining")
-    g.add_argument("--eval-instances", type=common.positive_int, default=3000, help="instances per --eval-items n")
-    g.add_argument("--tradeoff", metavar="DIR", help="plot AR against %% violated for every results.json under DIR, then stop")
+    g.add_argument(
+        "--decode",
+        choices=["raw", "repair"],
+        default="raw",
+        help="which decode results.json calls 'test' (the tables show raw, repaired and greedy); "
+        "repair takes the model's items by falling probability while they fit, then fills greedily",
+    )
+    g.add_argument(
+        "--eval-items",
+        type=items_arg,
+        nargs="+",
+        default=[],
+        help="set arch: also evaluate on fresh instances with these n, without retraining",
+    )
+    g.add_argument(
+        "--eval-instances",
+        type=common.positive_int,
+        default=3000,
+        help="instances per --eval-items n",
+    )
+    g.add_argument(
+        "--tradeoff",
+        metavar="DIR",
+        help="plot AR against %% violated for every results.json under DIR, then stop",
+    )
     g = p.add_argument_group("running")
-    g.add_argument("--seed", type=int, default=0, help="seeds instances, split, initialisation and batches")
+    g.add_argument(
+        "--seed",
+        type=common.nonnegative_int,
+        default=0,
+        help="seeds instances, split, initialisation and batches",
+    )
     g.add_argument("--out", help="output folder (default runs/knapsack/<model>)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    g.add_argument("--fresh", action="store_true", help="ignore <out>/last.pt instead of resuming from it")
-    g.add_argument("--eval-only", metavar="CKPT", help="evaluate a saved checkpoint on its test split and stop")
-    g.add_argument("--labels-only", action="store_true", help="make instances and labels, then stop")
+    g.add_argument(
+        "--threads",
+        type=common.positive_int,
+        help="torch threads (default: the cores this process may use)",
+    )
+    g.add_argument("--fresh", action="store_true", help="start over instead of resuming last.pt")
+    g.add_argument(
+        "--eval-only",
+        metavar="CKPT",
+        help="evaluate a saved checkpoint on its test split and stop",
+    )
+    g.add_argument(
+        "--labels-only", action="store_true", help="make instances and labels, then stop"
+    )
     args = p.parse_args(argv)
+    check_args(p, args, argv if argv is not None else sys.argv[1:])
+    return args
+
+
+def check_args(parser, args, argv):
+    """Errors for flags that contradict each other or do nothing in the chosen mode; the thesis'
+    per-model settings where a flag was not given."""
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    modes = [m for m in ("--eval-only", "--tradeoff", "--labels-only", "--grid") if m in given]
+    if len(modes) > 1:
+        parser.error(f"{' and '.join(modes)} are different modes: choose one")
+    if args.eval_only or args.tradeoff:
+        ignored = given - {"--eval-only", "--tradeoff", "--data-dir", "--workers", "--decode"}
+        ignored -= {"--threads", "--device", "--precision"}
+        if ignored:
+            parser.error(f"{modes[0]} ignores {', '.join(sorted(ignored))}")
     if args.select_mu not in args.mu:
-        p.error(f"--select-mu {args.select_mu} must be one of --mu {args.mu}")
+        parser.error(f"--select-mu {args.select_mu:g} must be one of --mu {args.mu}")
     if args.pretrained and not os.path.isfile(args.pretrained):
-        p.error(f"--pretrained: no such file {args.pretrained}")
+        parser.error(f"--pretrained: no such file {args.pretrained}")
     if args.eval_only and not os.path.isfile(args.eval_only):
-        p.error(f"--eval-only: no such file {args.eval_only}")
+        parser.error(f"--eval-only: no such file {args.eval_only}")
     if args.supervision == "none" and args.model != "ldf":
-        p.error("--supervision none trains on the objective and the constraint only: it needs --model ldf")
+        parser.error(
+            "--supervision none trains on objective and constraint only: needs --model ldf"
+        )
     if args.eval_items and args.arch != "set":
-        p.error("--eval-items needs --arch set (the fc network has a fixed number of items)")
+        parser.error("--eval-items needs --arch set (the fc network has a fixed number of items)")
     if args.pretrained and args.model == "fc":
-        p.error("--pretrained trains the LDF model from a checkpoint; drop --model fc")
+        parser.error("--pretrained trains the LDF model from a checkpoint; drop --model fc")
+    if args.model == "fc" and "--step" in given:
+        parser.error("--step moves the LDF multiplier: the fc model has none")
+    if args.instances < 10:
+        parser.error(f"--instances {args.instances}: at least 10 are needed for an 80/10/10 split")
+    if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
+        parser.error(f"--device {args.device!r}: expected auto, cpu, cuda or cuda:N")
+    settings = THESIS_SETTINGS[model_kind(vars(args))]
+    for name in ("lr", "step", "max_grad_norm"):
+        if getattr(args, name) is None:
+            setattr(args, name, settings[name])
     if args.out is None:
         args.out = os.path.join("runs", "knapsack", run_name(vars(args)))
-    return args
+
+
+def model_kind(cfg):
+    """fc, ldf or ldf-pretrained: the thesis' three models."""
+    if cfg["model"] == "fc":
+        return "fc"
+    return "ldf-pretrained" if cfg.get("pretrained") else "ldf"
 
 
 def run_name(cfg):
     """fc, ldf, ldf-pretrained, ldf-labelfree, ldf-set, ... from a config dict."""
-    name = cfg["model"] + ("-pretrained" if cfg.get("pretrained") else "")
-    name += "-labelfree" if cfg.get("supervision") == "none" else ""
-    return name + ("-set" if cfg.get("arch", "fc") == "set" else "")
+    name = model_kind(cfg)
+    if cfg.get("supervision") == "none":
+        name += "-labelfree"
+    if cfg.get("arch", "fc") == "set":
+        name += "-set"
+    return name
+
+
+def use_bf16(precision, device):
+    """bfloat16 autocast: asked for, or 'auto' on CUDA and on CPUs with bfloat16 matrix
+    instructions (AMX tiles or AVX-512 BF16), where oneDNN runs bf16 matrix products natively."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 # ====================================================================== 1. instances
-def make_instances(n_items, n_instances, seed):
-    """Pisinger's uncorrelated instances: w, v ~ U[0,1]; instance j = 1..S gets capacity
-    W_j = j/(S+1) * sum(w), so the capacities sweep the whole range of alpha = W / sum(w)."""
+def make_instances(n_items, n_instances, seed, value_range=THESIS_VALUE_RANGE):
+    """The thesis' uncorrelated instances: integer w, v ~ U{1..R}; instance j = 1..S gets capacity
+    W_j = j/(S+1) * sum(w), so alpha = W/sum(w) sweeps (0, 1) (Pisinger's capacity spread).
+    Returned as float64 arrays holding integers (sums of them are exact)."""
     rng = np.random.default_rng(seed)
-    w = rng.random((n_instances, n_items)).astype(np.float32).astype(np.float64)
-    v = rng.random((n_instances, n_items)).astype(np.float32).astype(np.float64)
+    w = rng.integers(1, value_range, size=(n_instances, n_items), endpoint=True).astype(np.float64)
+    v = rng.integers(1, value_range, size=(n_instances, n_items), endpoint=True).astype(np.float64)
     j = np.arange(1, n_instances + 1)
     capacity = j / (n_instances + 1) * w.sum(1)
     return w, v, capacity
@@ -138,27 +383,23 @@ def make_instances(n_items, n_instances, seed):
 
 def split(n_instances, seed):
     """Seeded shuffle into 80/10/10 train/val/test index arrays."""
-    perm = np.random.default_rng(seed + 1).permutation(n_instances)
-    a, b = int(0.8 * n_instances), int(0.9 * n_instances)
-    return {"train": np.sort(perm[:a]), "val": np.sort(perm[a:b]), "test": np.sort(perm[b:])}
+    perm = np.random.default_rng(seed + SPLIT_SEED_OFFSET).permutation(n_instances)
+    n_train, n_train_val = int(0.8 * n_instances), int(0.9 * n_instances)
+    return {
+        "train": np.sort(perm[:n_train]),
+        "val": np.sort(perm[n_train:n_train_val]),
+        "test": np.sort(perm[n_train_val:]),
+    }
 
 
 # ====================================================================== 2. labels
-def integer_data(w, v, capacity):
-    """Round weights up and the capacity down, so an integer-feasible solution is float-feasible."""
-    return (np.ceil(w * SCALE).astype(np.int64), int(np.floor(capacity * SCALE)),
-            np.round(v * SCALE).astype(np.int64))
-
-
 def solve_ortools(w, v, capacity):
-    try:
-        from ortools.algorithms.python import knapsack_solver
-    except ImportError:
-        sys.exit("the ortools back end needs OR-Tools: pip install ortools")
-    wi, cap, vi = integer_data(w, v, capacity)
+    from ortools.algorithms.python import knapsack_solver
+
     solver = knapsack_solver.KnapsackSolver(
-        knapsack_solver.SolverType.KNAPSACK_MULTIDIMENSION_BRANCH_AND_BOUND_SOLVER, "labels")
-    solver.init(vi.tolist(), [wi.tolist()], [cap])
+        knapsack_solver.SolverType.KNAPSACK_MULTIDIMENSION_BRANCH_AND_BOUND_SOLVER, "labels"
+    )
+    solver.init(v.astype(np.int64).tolist(), [w.astype(np.int64).tolist()], [int(capacity)])
     solver.solve()
     if not solver.is_solution_optimal():
         raise RuntimeError("OR-Tools did not prove optimality")
@@ -167,15 +408,16 @@ def solve_ortools(w, v, capacity):
 
 def solve_gurobi(w, v, capacity):
     import gurobipy as gp
-    wi, cap, vi = integer_data(w, v, capacity)
+
     with gp.Env(empty=True) as env:
         env.setParam("OutputFlag", 0)
         env.start()
         with gp.Model(env=env) as m:
-            m.Params.MIPGap, m.Params.Threads, m.Params.IntFeasTol = 0.0, 1, 1e-9
+            m.Params.MIPGap = 0.0
+            m.Params.Threads = 1
             x = m.addMVar(len(w), vtype=gp.GRB.BINARY)
-            m.addConstr(wi.astype(np.float64) @ x <= cap)
-            m.setObjective(vi.astype(np.float64) @ x, gp.GRB.MAXIMIZE)
+            m.addConstr(w @ x <= np.floor(capacity))
+            m.setObjective(v @ x, gp.GRB.MAXIMIZE)
             m.optimize()
             if m.Status != gp.GRB.OPTIMAL:
                 raise RuntimeError(f"Gurobi status {m.Status}")
@@ -187,399 +429,646 @@ def gurobi_usable(n_items):
     try:
         import gurobipy as gp
     except ImportError:
-        print("gurobipy is not installed (pip install gurobipy); falling back to OR-Tools", file=sys.stderr)
+        print("gurobipy is not installed; falling back to OR-Tools", file=sys.stderr)
         return False
     try:
-        solve_gurobi(np.full(n_items, 0.5), np.full(n_items, 0.5), 1.0)
+        solve_gurobi(np.ones(n_items), np.ones(n_items), 1.0)
         return True
-    except gp.GurobiError as e:
-        print(f"Gurobi cannot solve an {n_items}-item model here ({e}); "
-              "the pip licence admits at most 2000 variables; falling back to OR-Tools", file=sys.stderr)
+    except gp.GurobiError as err:
+        print(
+            f"Gurobi cannot solve an {n_items}-item model here ({err}); its pip licence admits "
+            "at most 2000 variables; falling back to OR-Tools",
+            file=sys.stderr,
+        )
         return False
 
 
 def solve_chunk(job):
-    """Worker: solve instances [lo, hi) and return their labels and seconds per instance."""
+    """Worker: exact labels and seconds per instance of one chunk of instances."""
     solver, w, v, capacity = job
     solve = solve_gurobi if solver == "gurobi" else solve_ortools
     x = np.zeros(w.shape, dtype=np.uint8)
     seconds = np.zeros(len(w))
     for i in range(len(w)):
-        t = time.perf_counter()
+        started = time.perf_counter()
         x[i] = solve(w[i], v[i], capacity[i])
-        seconds[i] = time.perf_counter() - t
+        seconds[i] = time.perf_counter() - started
     return x, seconds
 
 
-def make_labels(w, v, capacity, folder, solver, workers, chunk=500):
-    """Exact labels, solved in chunks by worker processes; each chunk is written atomically, so an
-    interrupted run resumes where it stopped. Returns x (S, n), optimal values, seconds per instance."""
+def fingerprint(w, v, capacity, solver):
+    """SHA-256 of a chunk's instances and solver: a label file is only used for what it solved."""
+    digest = hashlib.sha256(solver.encode())
+    for array in (w, v, capacity):
+        digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+def read_chunk(path, expected_fingerprint, n_rows, n_items):
+    """One label file, checked against the instances it must belong to."""
+    try:
+        with np.load(path) as f:
+            x, seconds, stored = f["x"], f["seconds"], str(f["fingerprint"])
+    except Exception as err:
+        raise SystemExit(
+            f"{path}: corrupt label file ({type(err).__name__}: {str(err)[:120]}); delete it and "
+            "run again to re-solve its instances"
+        ) from None
+    if stored != expected_fingerprint or x.shape != (n_rows, n_items):
+        raise SystemExit(
+            f"{path}: these labels belong to other instances or another solver; delete the file "
+            "(or its folder) and run again"
+        )
+    return x, seconds
+
+
+def make_labels(w, v, capacity, folder, solver, workers, chunk=LABEL_CHUNK):
+    """Exact labels, solved in chunks by worker processes; each chunk is written atomically with
+    the fingerprint of its instances, so an interrupted run resumes where it stopped and a file
+    from other instances is refused. Returns x (S, n), optimal values, seconds per instance."""
     os.makedirs(folder, exist_ok=True)
+    common.remove_stale_temporaries(folder)
     chunks = [(lo, min(lo + chunk, len(w))) for lo in range(0, len(w), chunk)]
-    path = lambda lo: os.path.join(folder, f"chunk_{lo:07d}.npz")
+
+    def path(lo):
+        return os.path.join(folder, f"chunk_{lo:07d}.npz")
+
+    def print_of(lo, hi):
+        return fingerprint(w[lo:hi], v[lo:hi], capacity[lo:hi], solver)
+
     todo = [(lo, hi) for lo, hi in chunks if not os.path.exists(path(lo))]
     if todo:
         jobs = [(solver, w[lo:hi], v[lo:hi], capacity[lo:hi]) for lo, hi in todo]
-        with mp.get_context("spawn").Pool(min(workers, len(todo))) as pool, \
-                tqdm(total=sum(hi - lo for lo, hi in todo), desc=f"labels ({solver})", unit="inst") as bar:
-            for (lo, hi), (x, seconds) in zip(todo, pool.imap(solve_chunk, jobs)):
-                buf = io.BytesIO()
-                np.savez(buf, x=x, seconds=seconds)
-                common.atomic_write_bytes(path(lo), buf.getvalue())
+        n_todo = sum(hi - lo for lo, hi in todo)
+        context = mp.get_context("spawn")
+        with (
+            context.Pool(min(workers, len(todo))) as pool,
+            tqdm(total=n_todo, desc=f"labels ({solver})", unit="inst") as bar,
+        ):
+            for (lo, hi), (x, seconds) in zip(todo, pool.imap(solve_chunk, jobs), strict=True):
+                buffer = io.BytesIO()
+                np.savez(buffer, x=x, seconds=seconds, fingerprint=print_of(lo, hi))
+                common.atomic_write_bytes(path(lo), buffer.getvalue())
                 bar.update(hi - lo)
-    parts = [np.load(path(lo)) for lo, _ in chunks]
-    x = np.concatenate([p["x"] for p in parts]).astype(np.float64)
-    seconds = np.concatenate([p["seconds"] for p in parts])
-    load = (x * w).sum(1)
-    bad = np.nonzero(load > capacity)[0]
+    parts = [read_chunk(path(lo), print_of(lo, hi), hi - lo, w.shape[1]) for lo, hi in chunks]
+    x = np.concatenate([part[0] for part in parts]).astype(np.float64)
+    seconds = np.concatenate([part[1] for part in parts])
+    bad = np.nonzero((x * w).sum(1) > capacity)[0]
     if len(bad):
-        raise RuntimeError(f"labels in {folder} violate the capacity of instances {bad[:5]}; delete the folder")
+        raise SystemExit(f"labels in {folder} violate the capacity of instances {bad[:5]}")
     return x, (x * v).sum(1), seconds
+
+
+def data_folder(data_dir, n_items, n_instances, seed, value_range):
+    name = f"uncorrelated_R{value_range}_n{n_items}_S{n_instances}_seed{seed}"
+    return os.path.join(data_dir, "knapsack", name)
 
 
 def load_data(args, n_items=None, n_instances=None, seed=None):
     """Instances, split and labels for these flags, from the cache in --data-dir when present."""
-    n_items, n_instances = n_items or args.items, n_instances or args.instances
+    n_items = n_items or args.items
+    n_instances = n_instances or args.instances
     seed = args.seed if seed is None else seed
-    w, v, capacity = make_instances(n_items, n_instances, seed)
+    w, v, capacity = make_instances(n_items, n_instances, seed, args.value_range)
     solver = args.solver
     if solver == "gurobi" and not gurobi_usable(n_items):
         solver = "ortools"
-    folder = os.path.join(args.data_dir, "knapsack", f"n{n_items}_S{n_instances}_seed{seed}", f"labels_{solver}_scale2^30")
+    folder = data_folder(args.data_dir, n_items, n_instances, seed, args.value_range)
+    labels = os.path.join(folder, f"labels_{solver}")
     parts = split(n_instances, seed)
-    t = time.perf_counter()
-    if getattr(args, "supervision", "labels") == "none" and not os.path.isdir(folder):
+    started = time.perf_counter()
+    if getattr(args, "supervision", "labels") == "none" and not os.path.isdir(labels):
         # label-free training: solve only the validation and test instances, for evaluation
         rows = np.concatenate([parts["val"], parts["test"]])
-        x, opt, seconds = np.full(w.shape, np.nan), np.full(len(w), np.nan), np.full(len(w), np.nan)
-        x[rows], opt[rows], seconds[rows] = make_labels(w[rows], v[rows], capacity[rows], folder + "_valtest",
-                                                        solver, args.workers)
+        x = np.full(w.shape, np.nan)
+        opt = np.full(len(w), np.nan)
+        seconds = np.full(len(w), np.nan)
+        x[rows], opt[rows], seconds[rows] = make_labels(
+            w[rows], v[rows], capacity[rows], labels + "_valtest", solver, args.workers
+        )
     else:
-        x, opt, seconds = make_labels(w, v, capacity, folder, solver, args.workers)
-    return {"w": w, "v": v, "capacity": capacity, "x": x, "opt": opt, "solve_seconds": seconds,
-            "solver": solver, "label_wall_seconds": time.perf_counter() - t, "split": parts}
+        x, opt, seconds = make_labels(w, v, capacity, labels, solver, args.workers)
+    return {
+        "w": w,
+        "v": v,
+        "capacity": capacity,
+        "x": x,
+        "opt": opt,
+        "solve_seconds": seconds,
+        "solver": solver,
+        "label_wall_seconds": time.perf_counter() - started,
+        "split": parts,
+    }
 
 
 # ====================================================================== 3. model
 class SetModel(nn.Module):
-    """Permutation-equivariant scorer (beyond the thesis): every item is scored by one shared MLP from
-    its own scale-free features and the instance's context (alpha = W/sum(w), pooled item embeddings),
-    so permuting the items permutes the logits and one model serves any n. One item feature is the
-    share of the capacity taken by the items with a better value/weight ratio (a sort, so equivariant)."""
+    """Permutation-equivariant scorer (beyond the thesis): every item is scored by one shared MLP
+    from its own scale-free features and the instance's context (alpha = W/sum(w), pooled item
+    embeddings), so permuting the items permutes the logits and one model serves any n. One item
+    feature is the share of the capacity taken by the items with a better value/weight ratio."""
+
+    ITEM_FEATURES = 6
 
     def __init__(self, hidden=64):
         super().__init__()
-        self.item = nn.Sequential(nn.Linear(6, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.score = nn.Sequential(nn.Linear(2 * hidden + 1, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                   nn.Linear(hidden, 1))
+        self.item = nn.Sequential(
+            nn.Linear(self.ITEM_FEATURES, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+        )
+        self.score = nn.Sequential(
+            nn.Linear(2 * hidden + 1, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 1),
+        )
 
     def forward(self, raw):
         n = (raw.shape[1] - 1) // 2
-        w, v, capacity = raw[:, :n], raw[:, n:2 * n], raw[:, 2 * n:]
+        w = raw[:, :n]
+        v = raw[:, n : 2 * n]
+        capacity = raw[:, 2 * n :]
         ratio = v / w.clamp_min(1e-9)
         order = torch.argsort(ratio, dim=1, descending=True)
-        better = torch.cumsum(torch.gather(w, 1, order), 1) - torch.gather(w, 1, order)
-        better = torch.empty_like(better).scatter_(1, order, better) / capacity
+        w_sorted = torch.gather(w, 1, order)
+        better_sorted = torch.cumsum(w_sorted, 1) - w_sorted
+        better = torch.empty_like(better_sorted).scatter_(1, order, better_sorted) / capacity
         alpha = capacity / w.sum(1, keepdim=True)
-        f = torch.stack([w * n / w.sum(1, keepdim=True), v * n / v.sum(1, keepdim=True), torch.log(ratio.clamp_min(1e-9)),
-                         w / capacity, better, better + w / capacity], -1)
-        h = self.item(f)
+        features = [
+            w * n / w.sum(1, keepdim=True),
+            v * n / v.sum(1, keepdim=True),
+            torch.log(ratio.clamp_min(1e-9)),
+            w / capacity,
+            better,
+            better + w / capacity,
+        ]
+        h = self.item(torch.stack(features, -1))
         context = torch.cat([h.mean(1, keepdim=True), alpha[:, :, None]], -1).expand(-1, n, -1)
         return self.score(torch.cat([h, context], -1)).squeeze(-1)
 
 
 def make_model(n_items, arch="fc"):
-    """The thesis' FC network: [w, v, W] (2n+1) -> 2048 -> 1024 -> n logits, ReLU then batch norm."""
+    """The thesis' FC network: [w, v, W] (2n+1) -> 2048 -> 1024 -> n logits, ReLU then batch
+    norm."""
     if arch == "set":
         return SetModel()
-    return nn.Sequential(nn.Linear(2 * n_items + 1, 2048), nn.ReLU(), nn.BatchNorm1d(2048),
-                         nn.Linear(2048, 1024), nn.ReLU(), nn.BatchNorm1d(1024),
-                         nn.Linear(1024, n_items))
+    return nn.Sequential(
+        nn.Linear(2 * n_items + 1, 2048),
+        nn.ReLU(),
+        nn.BatchNorm1d(2048),
+        nn.Linear(2048, 1024),
+        nn.ReLU(),
+        nn.BatchNorm1d(1024),
+        nn.Linear(1024, n_items),
+    )
 
 
 def features(data):
     """Raw inputs [w, v, W] as one float32 tensor (S, 2n+1)."""
-    return torch.from_numpy(np.concatenate([data["w"], data["v"], data["capacity"][:, None]], 1)).float()
+    raw = np.concatenate([data["w"], data["v"], data["capacity"][:, None]], 1)
+    return torch.from_numpy(raw).float()
 
 
 def normaliser(raw, n_items, arch="fc"):
-    """Mean and std per input group (weights, values, capacity), from the training rows only (the
-    set model builds scale-free features itself and gets the raw inputs)."""
+    """Min-max scaling per input group (weights, values, capacity) to [0, 1], as the thesis code
+    did, but from the training rows only (the thesis took the whole data set). The set model
+    builds scale-free features itself and gets the raw inputs."""
     if arch == "set":
         return {"mean": torch.zeros(()), "std": torch.ones(())}
     groups = [slice(0, n_items), slice(n_items, 2 * n_items), slice(2 * n_items, 2 * n_items + 1)]
-    mean, std = torch.empty(raw.shape[1]), torch.empty(raw.shape[1])
-    for g in groups:
-        mean[g], std[g] = raw[:, g].mean(), raw[:, g].std().clamp_min(1e-12)
-    return {"mean": mean, "std": std}
+    low = torch.empty(raw.shape[1])
+    span = torch.empty(raw.shape[1])
+    for group in groups:
+        low[group] = raw[:, group].min()
+        span[group] = (raw[:, group].max() - raw[:, group].min()).clamp_min(1e-12)
+    return {"mean": low, "std": span}  # x_norm = (x - mean) / std for either scaling
+
+
+@torch.no_grad()
+def predict(model, x_norm, bf16=False, batch=4096):
+    """Logits (float32) of the model in evaluation mode."""
+    model.eval()
+    device_type = next(model.parameters()).device.type
+    outputs = []
+    for start in range(0, len(x_norm), batch):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            outputs.append(model(x_norm[start : start + batch]).float())
+    return torch.cat(outputs)
 
 
 # ====================================================================== 4. loss
-def violation(x, w, capacity):
-    """nu = max(0, sum_i x_i w_i - W) / W per instance (relative to the capacity)."""
-    return torch.relu((x * w).sum(-1) - capacity) / capacity
+def violation(x, w, capacity, unit="raw"):
+    """nu = max(0, sum_i x_i w_i - W) per instance: in weight units (raw, the thesis code) or
+    relative to the capacity W."""
+    overshoot = torch.relu((x * w).sum(-1) - capacity)
+    return overshoot / capacity if unit == "relative" else overshoot
 
 
-def batch_loss(logits, y, w, capacity, multiplier, k, ldf, v=None):
-    """BCE on the labels, plus for LDF lambda * mean violation of the surrogate-rounded prediction.
-    Label-free (y is None): the negated objective of the relaxed prediction p = sigmoid(logits), as a
-    share of the instance's total value, plus lambda * the LP violation of p."""
+def batch_loss(logits, y, w, capacity, multiplier, k, ldf, unit="raw", v=None):
+    """Per instance: BCE on the labels (mean over items) and, for LDF, the violation of the
+    surrogate-rounded prediction; the loss is the batch mean of BCE + lambda * violation.
+    Label-free (y is None): the negated objective of the relaxed prediction p = sigmoid(logits),
+    as a share of the instance's total value, plus lambda * the LP violation of p."""
     if y is None:
         p = torch.sigmoid(logits)
-        objective = -((p * v).sum(-1) / v.sum(-1)).mean()
-        constraint = multiplier * violation(p, w, capacity).mean()
-        return objective + constraint, objective, constraint
-    label = F.binary_cross_entropy_with_logits(logits, y)
+        objective = -(p * v).sum(-1) / v.sum(-1)
+        nu = violation(p, w, capacity, unit)
+        return (objective + multiplier * nu).mean(), objective, nu
+    label = F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(-1)
     if not ldf:
-        return label, label, torch.zeros(())
-    nu = violation(common.round_surrogate(torch.sigmoid(logits), k), w, capacity)
-    constraint = multiplier * nu.mean()
-    return label + constraint, label, constraint
+        return label.mean(), label, torch.zeros_like(label)
+    nu = violation(common.round_surrogate(torch.sigmoid(logits), k), w, capacity, unit)
+    return (label + multiplier * nu).mean(), label, nu
 
 
 # ====================================================================== 5. train
-@torch.no_grad()
-def predict(model, x_norm, batch=4096):
-    model.eval()
-    return torch.cat([model(x_norm[i:i + batch]) for i in range(0, len(x_norm), batch)])
-
-
 def train(args, data, out):
+    """Train one model with the shared LDF loop, common.train_ldf; returns (state, selected)."""
     device = common.pick_device(args.device)
+    bf16 = use_bf16(args.precision, device)
     n = data["w"].shape[1]
-    ldf, supervised = args.model == "ldf", args.supervision == "labels"
+    ldf = args.model == "ldf"
+    supervised = args.supervision == "labels"
     raw = features(data)
     idx = data["split"]
-    pretrained = torch.load(args.pretrained, weights_only=False) if args.pretrained else None
-    norm = pretrained["norm"] if pretrained else normaliser(raw[idx["train"]], n, args.arch)
-    x_norm = (raw - norm["mean"]) / norm["std"]
-    y = torch.from_numpy(data["x"]).float()
-    w, v, capacity = raw[:, :n], raw[:, n:2 * n], raw[:, 2 * n]
-    tr, va = torch.from_numpy(idx["train"]), torch.from_numpy(idx["val"])
+    pretrained = common.load_checkpoint(args.pretrained) if args.pretrained else None
+    if pretrained and pretrained.get("n_items") != n:
+        raise SystemExit(
+            f"--pretrained {args.pretrained}: trained for n={pretrained.get('n_items')} items, "
+            f"this run has n={n}"
+        )
+    config = dict(vars(args))
+    resume = common.resume_checkpoint(out, resume_fingerprint(config), args.fresh)
+    if resume:
+        norm = resume["norm"]
+    elif pretrained:
+        norm = pretrained["norm"]
+    else:
+        norm = normaliser(raw[idx["train"]], n, args.arch)
+    x_norm = ((raw - norm["mean"]) / norm["std"]).to(device)
+    y = torch.from_numpy(data["x"]).float().to(device)
+    w = raw[:, :n].to(device)
+    v = raw[:, n : 2 * n].to(device)
+    capacity = raw[:, 2 * n].to(device)
+    train_rows = torch.from_numpy(idx["train"]).to(device)
+    val_rows = idx["val"]
 
     common.set_seed(args.seed)
     model = make_model(n, args.arch).to(device)
     if pretrained:
         model.load_state_dict(pretrained["model"])
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    config = dict(vars(args))
-    state = {"epoch": 0, "multiplier": args.lambda0 if ldf else 0.0, "history": [], "best": {},
-             "since_best": 0, "train_seconds": 0.0}
-    last = os.path.join(out, "last.pt")
-    if os.path.exists(last) and not args.fresh:
-        ck = torch.load(last, weights_only=False)
-        mismatch = {k for k in config if k not in RESUME_FREE and ck["config"].get(k, config[k]) != config[k]}
-        if mismatch:
-            sys.exit(f"{last} was trained with other {sorted(mismatch)}: pass --fresh to start over or pick another --out")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        state = ck["state"]
-        print(f"resuming from {last} at epoch {state['epoch']} (multiplier {state['multiplier']:.4g})")
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
-    def checkpoint(name, **extra):
-        common.atomic_torch_save({"model": model.state_dict(), "norm": norm, "config": config, "n_items": n,
-                                  "epoch": state["epoch"], "multiplier": state["multiplier"], **extra},
-                                 os.path.join(out, name))
+    def loss_of(rows, multiplier):
+        rows = torch.from_numpy(rows).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x_norm[rows]).float()
+        return batch_loss(
+            logits,
+            y[rows] if supervised else None,
+            w[rows],
+            capacity[rows],
+            multiplier,
+            args.k,
+            ldf,
+            args.violation,
+            v[rows],
+        )
 
-    w_tr, v_tr, c_tr = w[tr].to(device), v[tr].to(device), capacity[tr].to(device)
-    xn_tr, y_tr = x_norm[tr].to(device), y[tr].to(device) if supervised else None
-    stop_reason = "epochs"
-    bar = tqdm(range(state["epoch"], args.epochs), desc=f"train {args.model}", unit="epoch", initial=state["epoch"],
-               total=args.epochs)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        model.train()
-        g = torch.Generator().manual_seed(args.seed * 100003 + epoch)
-        perm = torch.randperm(len(tr), generator=g)
-        sums = np.zeros(3)
-        bad = False
-        for b in range(0, len(perm), args.batch_size):
-            i = perm[b:b + args.batch_size].to(device)
-            if len(i) < 2:
-                continue      # batch norm needs two rows
-            loss, label, constraint = batch_loss(model(xn_tr[i]), y_tr[i] if supervised else None, w_tr[i], c_tr[i],
-                                                 state["multiplier"], args.k, ldf, v_tr[i])
-            if not torch.isfinite(loss):
-                bad = True
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if args.max_grad_norm > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            opt.step()
-            sums += [loss.item() * len(i), label.item() * len(i), constraint.item() * len(i)]
-        if bad:
-            stop_reason = "nan"
-            print(f"\nthe loss became {loss.item()} in epoch {epoch}: training stopped; the last good checkpoint "
-                  f"is {last} (epoch {state['epoch']}). Lower --lr or --step, or set --max-grad-norm.", file=sys.stderr)
-            break
-        # validation: AR, violation, mu-losses
-        val = evaluate_split(model, x_norm[va].to(device), data, idx["val"])
-        if supervised:   # label loss summed over items, as the thesis
-            label_val = F.binary_cross_entropy_with_logits(val["logits"], y[va].to(device), reduction="none").sum(1)
-            label_val = label_val.cpu().numpy()
-        else:            # label-free selection: the negated objective share of the rounded prediction
-            label_val = -val["obj"] / data["v"][idx["val"]].sum(1)
-        mu_losses = {mu: common.mu_loss(label_val, val["nu"], mu) for mu in args.mu}
-        # multiplier: subgradient step on the hard-rounded violations of the whole training set
-        if ldf:
-            xhat = (predict(model, xn_tr) > 0).float()
-            state["multiplier"] = common.subgradient_step(state["multiplier"], args.step,
-                                                          violation(xhat, w_tr, c_tr).sum().item())
-        state["epoch"] = epoch + 1
-        state["train_seconds"] += time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "loss": sums[0] / len(tr), "label_loss": sums[1] / len(tr),
-               "constraint_loss": sums[2] / len(tr), "val_ar": float(val["ar"].mean()),
-               "val_violated": float((val["nu"] > 0).mean()), "multiplier": state["multiplier"],
-               **{f"val_mu_loss_{mu:g}": l for mu, l in mu_losses.items()}}
-        state["history"].append(row)
-        improved = []
-        for name, value in [("ar", row["val_ar"])] * supervised + [(f"mu{mu:g}", l) for mu, l in mu_losses.items()]:
-            if value < state["best"].get(name, (math.inf,))[0]:
-                state["best"][name] = (value, epoch + 1)
-                checkpoint(f"best_{name}.pt", selected_by=name, value=value)
-                improved.append(name)
-        state["since_best"] = 0 if improved else state["since_best"] + 1
-        checkpoint("last.pt", optimizer=opt.state_dict(), state=state)
-        bar.set_postfix(ar=f"{row['val_ar']:.4f}", viol=f"{row['val_violated']:.1%}", lam=f"{state['multiplier']:.4g}")
-        if state["since_best"] >= args.patience:
-            stop_reason = "patience"
-            break
-    bar.close()
-    return state, stop_reason
+    def validate():
+        logits = predict(model, x_norm[val_rows], bf16)
+        xhat = (logits > 0).double().cpu().numpy()  # round(sigmoid(logit)) without the sigmoid
+        metrics = solution_metrics(xhat, data, val_rows, args.violation)
+        if supervised:  # label loss summed over items, as the thesis' mu-loss
+            bce = F.binary_cross_entropy_with_logits(logits, y[val_rows], reduction="none")
+            label = bce.sum(1).cpu().numpy()
+        else:  # label-free selection: the negated objective share of the rounded prediction
+            label = -metrics["obj"] / data["v"][val_rows].sum(1)
+        return {
+            "ar": metrics["ar"].mean(),
+            "label_loss": label,
+            "violation": metrics["nu"],
+            "violated": (metrics["nu"] > 0).mean(),
+        }
+
+    def training_violation_sum():  # Algorithm 1: hard-rounded predictions of the training set
+        xhat = (predict(model, x_norm[train_rows], bf16) > 0).float()
+        return violation(xhat, w[train_rows], capacity[train_rows], args.violation).sum().item()
+
+    mu_names = [f"mu{mu:g}" for mu in args.mu]
+    track = ["ar", "loss"] + (mu_names if ldf else [])  # the thesis' stopping criteria
+    select = f"mu{args.select_mu:g}" if ldf else "ar"
+    saved = {"norm": norm, "config": config, "n_items": n}
+    try:
+        return common.train_ldf(
+            model,
+            optimizer,
+            idx["train"],
+            loss_of,
+            validate,
+            out,
+            ldf=ldf,
+            epochs=args.epochs,
+            patience=args.patience,
+            batch_size=args.batch_size,
+            max_grad_norm=args.max_grad_norm,
+            lambda0=args.lambda0,
+            step=args.step,
+            mus=args.mu,
+            select=select,
+            track=track,
+            seed=args.seed,
+            saved=saved,
+            fingerprint=resume_fingerprint(config),
+            resume=resume,
+            violation_sum=training_violation_sum if ldf else None,
+        )
+    except common.TrainingDiverged as err:
+        raise SystemExit(f"{err}") from None
 
 
-RESUME_FREE = {"epochs", "patience", "out", "device", "workers", "fresh", "eval_only", "labels_only", "grid",
-               "grid_lr", "grid_step", "grid_max_grad_norm", "data_dir", "decode", "eval_items", "eval_instances",
-               "tradeoff"}
+# Settings that may change between a run and its resumption (they do not change what is learnt).
+RESUME_FREE = {
+    "epochs",
+    "patience",
+    "out",
+    "device",
+    "threads",
+    "workers",
+    "fresh",
+    "eval_only",
+    "labels_only",
+    "grid",
+    "grid_lr",
+    "grid_step",
+    "grid_max_grad_norm",
+    "data_dir",
+    "decode",
+    "eval_items",
+    "eval_instances",
+    "tradeoff",
+}
+
+
+def resume_fingerprint(config):
+    return {"problem": "knapsack"} | {k: v for k, v in config.items() if k not in RESUME_FREE}
 
 
 # ====================================================================== 6. evaluate
-def solution_metrics(xhat, data, rows):
-    """Objective, relative violation and AR (eq. 14) of 0/1 solutions xhat for instances `rows`."""
-    w, v, capacity, opt = data["w"][rows], data["v"][rows], data["capacity"][rows], data["opt"][rows]
+def total_weight(x, w):
+    """sum_i x_i w_i per instance: the one sum that decides feasibility, in the tables and in the
+    decoders alike."""
+    return (x * w).sum(-1)
+
+
+def solution_metrics(xhat, data, rows, unit="raw"):
+    """Objective, violation and AR (eq. 14) of 0/1 solutions xhat for instances `rows`; nu in the
+    training unit, nu_pct in % of W (the tables')."""
+    w = data["w"][rows]
+    v = data["v"][rows]
+    capacity = data["capacity"][rows]
+    opt = data["opt"][rows]
     obj = (xhat * v).sum(1)
-    nu = np.maximum(0.0, (xhat * w).sum(1) - capacity) / capacity
-    return {"obj": obj, "nu": nu, "ar": common.approximation_ratio(obj, opt), "opt": opt}
+    overshoot = np.maximum(0.0, total_weight(xhat, w) - capacity)
+    nu = overshoot / capacity if unit == "relative" else overshoot
+    return {
+        "obj": obj,
+        "nu": nu,
+        "nu_pct": 100
+        * np.divide(overshoot, capacity, out=np.zeros_like(overshoot), where=capacity > 0),
+        "ar": common.approximation_ratio(obj, opt),
+        "opt": opt,
+    }
 
 
-def evaluate_split(model, x_norm_rows, data, rows):
-    logits = predict(model, x_norm_rows)
-    xhat = (logits > 0).double().cpu().numpy()       # round(sigmoid(logit)) without the sigmoid
-    return {"logits": logits, "xhat": xhat, **solution_metrics(xhat, data, rows)}
-
-
-def fill_in_order(w, remaining, x, order, eligible):
-    """Scan each instance's items in `order`; take every eligible item that still fits."""
+def fill_in_order(w, capacity, x, order, eligible):
+    """Scan each instance's items in `order`; take every eligible item that still fits by a
+    running sum, then undo the latest takes of any instance whose total_weight (a sum in another
+    order, which can differ in the last bit when weights are not exact binary numbers) exceeds W."""
     rows = np.arange(len(w))
-    for pos in range(w.shape[1]):
-        item = order[:, pos]
+    remaining = capacity - total_weight(x, w)
+    takes = []
+    for position in range(w.shape[1]):
+        item = order[:, position]
         wi = w[rows, item]
         take = eligible[rows, item] & (wi <= remaining)
         x[rows[take], item[take]] = 1.0
         remaining = remaining - take * wi
-    return x, remaining
+        takes.append((item, take))
+    for item, take in reversed(takes):
+        over = total_weight(x, w) > capacity
+        if not over.any():
+            break
+        undo = take & over
+        x[rows[undo], item[undo]] = 0.0
+    return x
 
 
 def greedy(w, v, capacity):
     """Value/weight greedy: scan items by falling v/w and take each one that still fits."""
-    return fill_in_order(w, capacity.copy(), np.zeros_like(w), np.argsort(-v / w, axis=1, kind="stable"),
-                         np.ones(w.shape, dtype=bool))[0]
+    order = np.argsort(-v / w, axis=1, kind="stable")
+    return fill_in_order(w, capacity, np.zeros_like(w), order, np.ones(w.shape, dtype=bool))
 
 
 def repair(prob, w, v, capacity):
-    """Repair decoding (beyond the thesis): the items the model picks (p > 0.5), by falling p, while
-    they fit; then the rest of the capacity greedily by v/w. Always feasible, and a superset of a
-    feasible raw prediction (so never a lower objective)."""
-    x, remaining = fill_in_order(w, capacity.copy(), np.zeros_like(w), np.argsort(-prob, axis=1, kind="stable"),
-                                 prob > 0.5)
-    return fill_in_order(w, remaining, x, np.argsort(-v / w, axis=1, kind="stable"), x == 0)[0]
+    """Repair decoding (beyond the thesis): the items the model picks (p > 0.5), by falling p,
+    while they fit; then the rest of the capacity greedily by v/w. Always feasible, and a superset
+    of a feasible raw prediction (so never a lower objective)."""
+    by_probability = np.argsort(-prob, axis=1, kind="stable")
+    x = fill_in_order(w, capacity, np.zeros_like(w), by_probability, prob > 0.5)
+    by_ratio = np.argsort(-v / w, axis=1, kind="stable")
+    return fill_in_order(w, capacity, x, by_ratio, x == 0)
 
 
-def summarise(m, mask):
+def summarise(metrics, mask):
     """One table row (thesis Tables 2-4) over the instances in mask."""
-    obj, opt, nu, ar = m["obj"][mask], m["opt"][mask], m["nu"][mask], m["ar"][mask]
-    viol = 100 * nu[nu > 0]
-    if len(viol) > 1:   # the thesis ignored violations more than 6 sigma from the mean
-        viol = viol[np.abs(viol - viol.mean()) <= 6 * viol.std()]
-    under, over = obj < opt - 1e-9, obj > opt + 1e-9
-    rel = lambda sel: float(np.mean(100 * np.abs(obj[sel] - opt[sel]) / opt[sel])) if sel.any() else 0.0
-    return {"n": int(mask.sum()), "pct_violated": 100 * float((nu > 0).mean()),
-            "mean_violation_pct_of_W": float(viol.mean()) if len(viol) else 0.0,
-            "pct_under": 100 * float(under.mean()), "pct_over": 100 * float(over.mean()),
-            "avg_under_pct": rel(under), "avg_over_pct": rel(over), "ar": float(ar.mean())}
+    obj = metrics["obj"][mask]
+    opt = metrics["opt"][mask]
+    nu_pct = metrics["nu_pct"][mask]
+    ar = metrics["ar"][mask]
+    violated_pct = nu_pct[nu_pct > 0]
+    if len(violated_pct) > 1:  # the thesis ignored violations more than 6 sigma from the mean
+        distance = np.abs(violated_pct - violated_pct.mean())
+        violated_pct = violated_pct[distance <= 6 * violated_pct.std()]
+    under = obj < opt
+    over = obj > opt
+
+    def mean_distance(selected):
+        if not selected.any():
+            return None
+        return float(np.mean(100 * np.abs(obj[selected] - opt[selected]) / opt[selected]))
+
+    return {
+        "n": int(mask.sum()),
+        "pct_violated": 100 * float((nu_pct > 0).mean()) if len(nu_pct) else 0.0,
+        "mean_violation_pct_of_W": float(violated_pct.mean()) if len(violated_pct) else None,
+        "pct_under": 100 * float(under.mean()) if len(obj) else 0.0,
+        "pct_over": 100 * float(over.mean()) if len(obj) else 0.0,
+        "avg_over_pct": mean_distance(over),
+        "avg_under_pct": mean_distance(under),
+        "ar": float(ar.mean()) if len(ar) else None,
+    }
 
 
-def table(m, alpha):
-    quintiles = [summarise(m, (alpha >= q / 5) & (alpha < (q + 1) / 5 if q < 4 else alpha <= 1)) for q in range(5)]
-    return {"all": summarise(m, np.ones_like(alpha, dtype=bool)), "quintiles": quintiles}
+def quintile_masks(alpha):
+    masks = []
+    for q in range(QUINTILES):
+        upper = alpha < (q + 1) / QUINTILES if q < QUINTILES - 1 else alpha <= 1
+        masks.append((alpha >= q / QUINTILES) & upper)
+    return masks
+
+
+def table(metrics, alpha):
+    return {
+        "all": summarise(metrics, np.ones_like(alpha, dtype=bool)),
+        "quintiles": [summarise(metrics, mask) for mask in quintile_masks(alpha)],
+    }
+
+
+TABLE_HEAD = (
+    "| model | alpha = W/sum(w) | n | % violated | mean violation (% of W) | % under | % over "
+    "| Avg-O % | Avg-U % | AR |"
+)
+TABLE_KEYS = (
+    "pct_violated",
+    "mean_violation_pct_of_W",
+    "pct_under",
+    "pct_over",
+    "avg_over_pct",
+    "avg_under_pct",
+    "ar",
+)
+
+
+def cell(value, digits):
+    return "N/A" if value is None else f"{value:.{digits}f}"
+
+
+def quintile_label(q):
+    return f"{q / QUINTILES:.1f}-{(q + 1) / QUINTILES:.1f}" if q < QUINTILES else "all"
 
 
 def markdown(rows):
-    """rows: list of (name, table). One Markdown table, quintile rows then overall, per model."""
-    head = "| model | alpha = W/sum(w) | n | % violated | mean violation (% of W) | % under | % over | Avg-U % | Avg-O % | AR |"
-    lines = [head, "|" + "---|" * 10]
-    for name, t in rows:
-        for label, r in [(f"{q / 5:.1f}-{(q + 1) / 5:.1f}", t["quintiles"][q]) for q in range(5)] + [("all", t["all"])]:
-            lines.append(f"| {name} | {label} | {r['n']} | {r['pct_violated']:.2f} | {r['mean_violation_pct_of_W']:.3f} | "
-                         f"{r['pct_under']:.2f} | {r['pct_over']:.2f} | {r['avg_under_pct']:.3f} | "
-                         f"{r['avg_over_pct']:.3f} | {r['ar']:.5f} |")
+    """rows: list of (name, table). One Markdown table in the thesis' columns, quintile rows then
+    'all', per model; a table may be the thesis' own (a list of 6 tuples)."""
+    lines = [TABLE_HEAD, "|" + "---|" * 10]
+    for name, tab in rows:
+        for q in range(QUINTILES + 1):
+            if isinstance(tab, list):  # the thesis' row
+                values = list(tab[q])
+                n = ""
+            else:
+                row = tab["quintiles"][q] if q < QUINTILES else tab["all"]
+                values = [row[key] for key in TABLE_KEYS]
+                n = str(row["n"])
+            cells = [cell(value, 2) for value in values[:-1]] + [cell(values[-1], 4)]
+            lines.append(f"| {name} | {quintile_label(q)} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def load_model(ckpt_path):
-    ck = torch.load(ckpt_path, weights_only=False)
-    model = make_model(ck["n_items"], ck["config"].get("arch", "fc"))
-    model.load_state_dict(ck["model"])
-    return model, ck
+    checkpoint = common.load_checkpoint(ckpt_path)
+    if checkpoint.get("fingerprint", {}).get("problem") != "knapsack":
+        raise SystemExit(f"{ckpt_path}: not a knapsack checkpoint of knapsack_ldf.py")
+    model = make_model(checkpoint["n_items"], checkpoint["config"].get("arch", "fc"))
+    model.load_state_dict(checkpoint["model"])
+    return model, checkpoint
 
 
-def test_tables(model, ck, data, rows):
-    """Raw, repaired and greedy tables of one model on instances `rows`, and the times per instance."""
-    x_norm = (features(data)[rows] - ck["norm"]["mean"]) / ck["norm"]["std"]
-    w, v, capacity = data["w"][rows], data["v"][rows], data["capacity"][rows]
+def evaluate_tables(model, checkpoint, data, rows, bf16=False):
+    """Raw, repaired and greedy tables of one model on instances `rows`, and times per instance."""
+    unit = checkpoint["config"].get("violation", "raw")
+    device = next(model.parameters()).device
+    x_norm = (features(data)[rows] - checkpoint["norm"]["mean"]) / checkpoint["norm"]["std"]
+    x_norm = x_norm.to(device)
+    w = data["w"][rows]
+    v = data["v"][rows]
+    capacity = data["capacity"][rows]
     alpha = capacity / w.sum(1)
-    t = time.perf_counter()
-    net = evaluate_split(model, x_norm, data, rows)
-    net_ms = 1000 * (time.perf_counter() - t) / len(rows)
-    t = time.perf_counter()
-    xr = repair(torch.sigmoid(net["logits"]).double().numpy(), w, v, capacity)
-    repair_ms = net_ms + 1000 * (time.perf_counter() - t) / len(rows)
-    t = time.perf_counter()
-    xg = greedy(w, v, capacity)
-    greedy_ms = 1000 * (time.perf_counter() - t) / len(rows)
-    return {"test_raw": table(net, alpha), "test_repair": table(solution_metrics(xr, data, rows), alpha),
-            "greedy": table(solution_metrics(xg, data, rows), alpha),
-            "times": {"solver": data["solver"], "solver_ms_per_instance": 1000 * float(data["solve_seconds"][rows].mean()),
-                      "network_ms_per_instance": net_ms, "repair_ms_per_instance": repair_ms,
-                      "greedy_ms_per_instance": greedy_ms}}
+    predict(model, x_norm[:2], bf16)  # warm-up: the first call pays for kernel selection
+    started = time.perf_counter()
+    logits = predict(model, x_norm, bf16)
+    xhat = (logits > 0).double().cpu().numpy()
+    network_ms = 1000 * (time.perf_counter() - started) / len(rows)
+    started = time.perf_counter()
+    x_repaired = repair(torch.sigmoid(logits).double().cpu().numpy(), w, v, capacity)
+    repair_ms = network_ms + 1000 * (time.perf_counter() - started) / len(rows)
+    started = time.perf_counter()
+    x_greedy = greedy(w, v, capacity)
+    greedy_ms = 1000 * (time.perf_counter() - started) / len(rows)
+    times = {
+        "solver": data["solver"],
+        "solver_ms_per_instance": 1000 * float(np.nanmean(data["solve_seconds"][rows])),
+        "network_ms_per_instance": network_ms,
+        "repair_ms_per_instance": repair_ms,
+        "greedy_ms_per_instance": greedy_ms,
+        "precision": "bf16" if bf16 else "fp32",
+    }
+    return {
+        "test_raw": table(solution_metrics(xhat, data, rows, unit), alpha),
+        "test_repair": table(solution_metrics(x_repaired, data, rows, unit), alpha),
+        "greedy": table(solution_metrics(x_greedy, data, rows, unit), alpha),
+        "times": times,
+    }
 
 
-def print_tables(title, name, r):
-    md = markdown([(name, r["test_raw"]), (name + " repaired", r["test_repair"]), ("greedy v/w", r["greedy"])])
-    tm = r["times"]
-    print(f"\n## {title}\n\n{md}\n\nper instance: exact {tm['solver']} {tm['solver_ms_per_instance']:.3f} ms | "
-          f"network {tm['network_ms_per_instance']:.4f} ms (batched, CPU) | with repair {tm['repair_ms_per_instance']:.4f} ms"
-          f" | greedy {tm['greedy_ms_per_instance']:.4f} ms")
+def print_tables(title, name, result, thesis_name=None):
+    rows = [
+        (name, result["test_raw"]),
+        (name + " repaired", result["test_repair"]),
+        ("greedy v/w", result["greedy"]),
+    ]
+    if thesis_name in THESIS_TABLES:
+        rows.insert(1, (f"thesis {thesis_name}", THESIS_TABLES[thesis_name]))
+    md = markdown(rows)
+    times = result["times"]
+    md += (
+        f"\n\nper instance: exact {times['solver']} {times['solver_ms_per_instance']:.3f} ms | "
+        f"network {times['network_ms_per_instance']:.4f} ms (batched, {times['precision']}) | "
+        f"with repair {times['repair_ms_per_instance']:.4f} ms | "
+        f"greedy {times['greedy_ms_per_instance']:.4f} ms"
+    )
+    print(f"\n## {title}\n\n{md}")
     return md
 
 
-def report(ckpt_path, data, out, extra=None, decode="raw", eval_data=()):
-    """Test-split tables of a checkpoint (raw and repaired) beside greedy, printed as Markdown and
-    written to results.json; eval_data: more (n, data) to evaluate on without retraining."""
-    model, ck = load_model(ckpt_path)
-    name = run_name(ck["config"])
+def report(ckpt_path, data, out, extra=None, decode="raw", eval_data=(), precision="auto"):
+    """Test-split tables of a checkpoint (raw and repaired) beside the thesis' and greedy, printed
+    as Markdown and written to results.md / results.json; eval_data: more (n, data) to evaluate
+    on without retraining."""
+    model, checkpoint = load_model(ckpt_path)
+    device = torch.device("cpu")
+    bf16 = use_bf16(precision, device)
+    name = run_name(checkpoint["config"])
     rows = data["split"]["test"]
-    r = test_tables(model, ck, data, rows)
-    results = {"model": name, "checkpoint": os.path.abspath(ckpt_path), "epoch": ck["epoch"],
-               "selected_by": ck.get("selected_by"), "config": ck["config"], "decode": decode,
-               "test": r["test_" + decode], **r, **(extra or {})}
-    md = print_tables(f"Test split ({len(rows)} instances, n={ck['n_items']}): {name} from {ckpt_path} "
-                      f"(epoch {ck['epoch']}, selected by {ck.get('selected_by')})", name, r)
-    for n, d in eval_data:
-        every = np.arange(len(d["w"]))
-        results.setdefault("other_n", {})[str(n)] = e = test_tables(model, ck, d, every)
-        md += "\n\n" + print_tables(f"n={n} ({len(every)} fresh instances, no retraining)", name, e)
+    result = evaluate_tables(model, checkpoint, data, rows, bf16)
+    results = {
+        "model": name,
+        "checkpoint": os.path.abspath(ckpt_path),
+        "epoch": checkpoint["epoch"],
+        "selected_by": checkpoint.get("selected_by"),
+        "config": checkpoint["config"],
+        "decode": decode,
+        "test": result["test_" + decode],
+        **result,
+        **(extra or {}),
+    }
+    title = (
+        f"Test split ({len(rows)} instances, n={checkpoint['n_items']}): {name} from {ckpt_path} "
+        f"(epoch {checkpoint['epoch']}, selected by {checkpoint.get('selected_by')})"
+    )
+    thesis_name = name if checkpoint["config"].get("value_range") == THESIS_VALUE_RANGE else None
+    md = print_tables(title, name, result, thesis_name)
+    for n, other in eval_data:
+        every = np.arange(len(other["w"]))
+        results.setdefault("other_n", {})[str(n)] = other_result = evaluate_tables(
+            model, checkpoint, other, every, bf16
+        )
+        title = f"n={n} ({len(every)} fresh instances, no retraining)"
+        md += "\n\n" + print_tables(title, name, other_result)
     common.atomic_write_json(os.path.join(out, "results.json"), results)
     common.atomic_write_bytes(os.path.join(out, "results.md"), (md + "\n").encode())
     return results
@@ -587,26 +1076,37 @@ def report(ckpt_path, data, out, extra=None, decode="raw", eval_data=()):
 
 def plots(history, out, k):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     p = torch.linspace(0, 1, 401)
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for kk in sorted({5.0, 10.0, 25.0, 50.0, float(k)}):
-        ax.plot(p, common.sigmoid_slope(p, 0.5, kk), label=f"k={kk:g}")
-    ax.set(xlabel="sigmoid(logit)", ylabel="surrogate d round / dp", title="Figure 1: rounding surrogate (eq. 13)")
+    for sharpness in sorted({5.0, 15.0, 25.0, float(k)}):
+        ax.plot(p, common.sigmoid_slope(p, 0.5, sharpness), label=f"k={sharpness:g}")
+    ax.set(
+        xlabel="sigmoid(logit)",
+        ylabel="surrogate d round / dp",
+        title="Figure 1: rounding surrogate (eq. 13)",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out, "fig1_surrogate.png"), dpi=120)
     plt.close(fig)
     if not history:
         return
-    ep = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
-    for ax, keys, title in zip(axes, [("loss", "label_loss", "constraint_loss"), ("val_ar",), ("val_violated",),
-                                      ("multiplier",)], ["training loss", "validation AR", "validation violated", "lambda"]):
+    epochs = [h["epoch"] for h in history]
+    panels = [
+        (("loss", "label_loss"), "training loss", "linear"),
+        (("val_ar",), "validation AR", "log"),
+        (("val_violated",), "validation: share violated", "linear"),
+        (("multiplier",), "lambda", "linear"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(16, 3.5))
+    for ax, (keys, title, scale) in zip(axes, panels, strict=True):
         for key in keys:
-            ax.plot(ep, [h[key] for h in history], label=key)
-        ax.set(title=title, xlabel="epoch")
+            ax.plot(epochs, [h[key] for h in history], label=key)
+        ax.set(title=title, xlabel="epoch", yscale=scale)
         if len(keys) > 1:
             ax.legend()
     fig.tight_layout()
@@ -614,30 +1114,44 @@ def plots(history, out, k):
     plt.close(fig)
 
 
-def selected_checkpoint(args, out):
-    return os.path.join(out, "best_ar.pt" if args.model == "fc" else f"best_mu{args.select_mu:g}.pt")
-
-
 def tradeoff(folder):
     """Beyond the thesis: AR against % violated of every run under folder, raw and repaired."""
     import glob
+
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    runs = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(folder, "**", "results.json"), recursive=True))]
+
+    paths = sorted(glob.glob(os.path.join(folder, "**", "results.json"), recursive=True))
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f))
     if not runs:
-        sys.exit(f"--tradeoff: no results.json under {folder}")
+        raise SystemExit(f"--tradeoff: no results.json under {folder}")
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for decode, marker in [("raw", "o"), ("repair", "s")]:
-        pts = [(r["test_" + decode]["all"]["pct_violated"], r["test_" + decode]["all"]["ar"], r["model"], r["config"])
-               for r in runs if "test_" + decode in r]
-        ax.scatter([p[0] for p in pts], [p[1] - 1 for p in pts], marker=marker, label=decode)
-        for x, y, name, cfg in pts:
-            ax.annotate(f"{name} s={cfg['step']:g}", (x, y - 1), fontsize=6)
-    g = runs[0]["greedy"]["all"]
-    ax.scatter([g["pct_violated"]], [g["ar"] - 1], marker="*", s=120, label="greedy v/w")
-    ax.set(xlabel="% of test instances violated", ylabel="mean AR - 1 (eq. 14), log scale", yscale="log",
-           title="optimality-feasibility trade-off")
+        key = "test_" + decode
+        points = [(r[key]["all"], r["model"], r["config"]) for r in runs if key in r]
+        ax.scatter(
+            [row["pct_violated"] for row, _, _ in points],
+            [row["ar"] - 1 for row, _, _ in points],
+            marker=marker,
+            label=decode,
+        )
+        for row, name, cfg in points:
+            label = f"{name} s={cfg['step']:g}"
+            ax.annotate(label, (row["pct_violated"], row["ar"] - 1), fontsize=6)
+    greedy_row = runs[0]["greedy"]["all"]
+    greedy_point = ([greedy_row["pct_violated"]], [greedy_row["ar"] - 1])
+    ax.scatter(*greedy_point, marker="*", s=120, label="greedy v/w")
+    ax.set(
+        xlabel="% of test instances violated",
+        ylabel="mean AR - 1 (eq. 14), log scale",
+        yscale="log",
+        title="optimality-feasibility trade-off",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(folder, "tradeoff.png"), dpi=130)
@@ -646,22 +1160,39 @@ def tradeoff(folder):
 
 def run(args, data):
     """Train one model, keep its selected checkpoint as <out>/<model>.pt, report and plot."""
-    os.makedirs(args.out, exist_ok=True)
-    state, reason = train(args, data, args.out)
-    best = selected_checkpoint(args, args.out)
-    if not os.path.exists(best):
-        sys.exit(f"no checkpoint was saved in {args.out} (stopped: {reason})")
+    state, selected = train(args, data, args.out)
+    if not os.path.exists(selected):
+        raise SystemExit(f"no checkpoint was selected in {args.out} (stopped: {state['stopped']})")
     final = os.path.join(args.out, f"{args.model}.pt")
-    common.atomic_write_bytes(final, open(best, "rb").read())
+    with open(selected, "rb") as f:
+        common.atomic_write_bytes(final, f.read())
     plots(state["history"], args.out, args.k)
-    extra = {"stopped": reason, "epochs_run": state["epoch"], "train_seconds": state["train_seconds"],
-             "label_wall_seconds": data["label_wall_seconds"], "history": state["history"]}
+    select = os.path.basename(selected)[len("best_") : -len(".pt")]
+    best_value, best_epoch, best_seconds = state["best"][select]
+    extra = {
+        "stopped": state["stopped"],
+        "epochs_run": state["epoch"],
+        "train_seconds": state["train_seconds"],
+        "selected_epoch": best_epoch,
+        "seconds_to_selected": best_seconds,
+        "label_wall_seconds": data["label_wall_seconds"],
+        "history": state["history"],
+    }
     labelled = argparse.Namespace(**{**vars(args), "supervision": "labels"})
-    eval_data = [(n, load_data(labelled, n_items=n, n_instances=args.eval_instances, seed=args.seed + 7))
-                 for n in args.eval_items]
-    results = report(final, data, args.out, extra, args.decode, eval_data)
-    print(f"\ntraining: {state['epoch']} epochs in {state['train_seconds'] / 60:.1f} min (stopped: {reason}); "
-          f"checkpoint {final}; plots and results.json in {args.out}")
+    eval_data = [
+        (n, load_data(labelled, n, args.eval_instances, args.seed + EVAL_SEED_OFFSET))
+        for n in args.eval_items
+    ]
+    results = report(final, data, args.out, extra, args.decode, eval_data, args.precision)
+    kind = model_kind(vars(args))
+    thesis_epochs, thesis_minutes = THESIS_TRAINING.get(kind, (None, None))
+    print(
+        f"\ntraining: {state['epoch']} epochs in {state['train_seconds'] / 60:.1f} min "
+        f"(stopped: {state['stopped']}); selected epoch {best_epoch} ({select}), reached after "
+        f"{best_seconds / 60:.2f} min"
+        + (f" (thesis: {thesis_epochs} epochs, {thesis_minutes} min)" if thesis_epochs else "")
+        + f"\ncheckpoint {final}; plots and results.json in {args.out}"
+    )
     return results
 
 
@@ -669,19 +1200,36 @@ def grid(args, data):
     """Thesis Table 1: every lr x step x max-grad-norm, each selected on validation, one table."""
     steps = args.grid_step if args.model == "ldf" else [args.step]
     rows = []
-    for lr, step, gn in itertools.product(args.grid_lr, steps, args.grid_max_grad_norm):
-        sub = argparse.Namespace(**{**vars(args), "lr": lr, "step": step, "max_grad_norm": gn,
-                                    "out": os.path.join(args.out, f"lr{lr:g}_step{step:g}_gn{gn:g}")})
-        print(f"\n=== grid: lr {lr:g}, step {step:g}, max grad norm {gn:g}")
-        r = run(sub, data)
-        key = "ar" if args.model == "fc" else f"mu{args.select_mu:g}"
-        ck = torch.load(selected_checkpoint(sub, sub.out), weights_only=False)
-        rows.append({"lr": lr, "step": step, "max_grad_norm": gn, "selected_by": key, "val_value": ck["value"],
-                     "test_ar": r["test"]["all"]["ar"], "test_pct_violated": r["test"]["all"]["pct_violated"]})
-    rows.sort(key=lambda r: r["val_value"])
-    lines = ["| lr | step | max grad norm | validation criterion | value | test AR | test % violated |", "|---" * 7 + "|"]
-    lines += [f"| {r['lr']:g} | {r['step']:g} | {r['max_grad_norm']:g} | {r['selected_by']} | {r['val_value']:.5f} | "
-              f"{r['test_ar']:.5f} | {r['test_pct_violated']:.2f} |" for r in rows]
+    for lr, step, grad_norm in itertools.product(args.grid_lr, steps, args.grid_max_grad_norm):
+        folder = os.path.join(args.out, f"lr{lr:g}_step{step:g}_gn{grad_norm:g}")
+        sub = argparse.Namespace(
+            **{**vars(args), "lr": lr, "step": step, "max_grad_norm": grad_norm, "out": folder}
+        )
+        print(f"\n=== grid: lr {lr:g}, step {step:g}, max grad norm {grad_norm:g}")
+        result = run(sub, data)
+        checkpoint = common.load_checkpoint(os.path.join(folder, f"{args.model}.pt"))
+        rows.append(
+            {
+                "lr": lr,
+                "step": step,
+                "max_grad_norm": grad_norm,
+                "selected_by": checkpoint["selected_by"],
+                "val_value": checkpoint["value"],
+                "test_ar": result["test"]["all"]["ar"],
+                "test_pct_violated": result["test"]["all"]["pct_violated"],
+            }
+        )
+    rows.sort(key=lambda row: row["val_value"])
+    lines = [
+        "| lr | step | max grad norm | validation criterion | value | test AR | test % violated |",
+        "|---" * 7 + "|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['lr']:g} | {row['step']:g} | {row['max_grad_norm']:g} | "
+            f"{row['selected_by']} | {row['val_value']:.5f} | {row['test_ar']:.5f} | "
+            f"{row['test_pct_violated']:.2f} |"
+        )
     print("\n## Grid (best first)\n\n" + "\n".join(lines))
     common.atomic_write_json(os.path.join(args.out, "grid.json"), rows)
     common.atomic_write_bytes(os.path.join(args.out, "grid.md"), ("\n".join(lines) + "\n").encode())
@@ -689,20 +1237,29 @@ def grid(args, data):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.eval_only:
-        cfg = torch.load(args.eval_only, weights_only=False)["config"]
-        data = load_data(argparse.Namespace(**{**cfg, "data_dir": args.data_dir, "workers": args.workers}))
-        report(args.eval_only, data, os.path.dirname(os.path.abspath(args.eval_only)), decode=args.decode)
-        return
+    common.set_threads(args.threads)
     if args.tradeoff:
         return tradeoff(args.tradeoff)
+    if args.eval_only:
+        config = common.load_checkpoint(args.eval_only)["config"]
+        settings = {**config, "data_dir": args.data_dir, "workers": args.workers}
+        data = load_data(argparse.Namespace(**settings))
+        out = os.path.dirname(os.path.abspath(args.eval_only))
+        report(args.eval_only, data, out, decode=args.decode, precision=args.precision)
+        return
     data = load_data(args)
-    print(f"{args.instances} instances, n={args.items}: labels by {data['solver']}, "
-          f"{1000 * data['solve_seconds'].mean():.3f} ms per instance (one core), "
-          f"{data['label_wall_seconds']:.1f} s wall with {args.workers} workers (0 when cached)")
+    print(
+        f"{args.instances} instances, n={args.items}, R={args.value_range}: labels by "
+        f"{data['solver']}, {1000 * np.nanmean(data['solve_seconds']):.3f} ms per instance "
+        f"(one core), {data['label_wall_seconds']:.1f} s wall with {args.workers} workers "
+        "(0 when cached)"
+    )
     if args.labels_only:
         return
-    grid(args, data) if args.grid else run(args, data)
+    if args.grid:
+        grid(args, data)
+    else:
+        run(args, data)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Forward+backward time of the one-hot surrogate (thesis eq. 16) on the three CSP heads:
-the thesis' vmap reference, the pure-PyTorch fallback and the C++ op (and the CUDA op on a GPU).
+the thesis' vmap reference (csrc/reference.py), the pure-PyTorch fallback and the C++ op (and
+the CUDA op on a GPU), all three from csrc/.
 
     python bench/onehot.py                       # batch 64 and 256, CPU (and GPU when there is one)
     python bench/onehot.py --batch 64 --reps 9 --threads 2
@@ -7,13 +8,14 @@ the thesis' vmap reference, the pure-PyTorch fallback and the C++ op (and the CU
 Times are medians over --reps; the fallback and the C++ op alternate within a rep so that a busy
 machine slows both alike. The reference runs once per shape (3 times when quick), and is dropped
 where it takes more than --ref-limit seconds. GPU rows give the achieved memory bandwidth (the
-bytes each kernel must move: forward reads z, writes the one-hot and the index; backward reads z, g
-and the index, writes the gradient) as a share of the card's peak.
+bytes each kernel must move: forward reads z, writes the one-hot and the index; backward reads z,
+g and the index, writes the gradient) as a share of the card's peak.
 
-On a machine shared with other jobs, times with 2+ threads can be dominated by OpenMP worker threads
-spin-waiting for a CPU (libgomp's default wait policy), for both implementations alike;
+On a machine shared with other jobs, times with 2+ threads can be dominated by OpenMP worker
+threads spin-waiting for a CPU (libgomp's default wait policy), for both implementations alike;
 OMP_WAIT_POLICY=passive shows the kernels' own times there.
 """
+
 import argparse
 import os
 import signal
@@ -23,17 +25,23 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-import common  # noqa: E402
-from onehot_reference import onehot_reference  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+import common
+from csrc import ops
+from csrc.reference import onehot_reference
 
 SHAPES = [(50, 160), (20, 2881), (2, 2880, 3)]  # CSP heads, without the batch
+DEFAULT_BATCHES = [64, 256]
+DEFAULT_REPS = 7
+DEFAULT_REF_LIMIT_S = 60.0
+QUICK_REFERENCE_SHARE = 1 / 20  # a reference call under this share of the limit is run again...
+QUICK_REFERENCE_EXTRA_RUNS = 2  # ...this many times more
+INDEX_BYTES = 8  # the op's argmax index is int64
 
 
 def ext(z, k, dim):
-    return torch.ops.ldf_ip.onehot_surrogate(z, k, dim)[0]
+    onehot, _index = torch.ops.ldf_ip.onehot_surrogate(z, k, dim)
+    return onehot
 
 
 def step(f, z, g, k):
@@ -51,14 +59,16 @@ def timed(f, z, g, k):
 
 def time_reference(z, g, k, limit):
     """Seconds per call of the vmap reference, or None past `limit` seconds."""
+
     def give_up(*_):
         raise TimeoutError
+
     old = signal.signal(signal.SIGALRM, give_up)
     signal.alarm(int(limit))
     try:
         times = [timed(onehot_reference, z, g, k)]
-        if times[0] < limit / 20:
-            times += [timed(onehot_reference, z, g, k) for _ in range(2)]
+        if times[0] < limit * QUICK_REFERENCE_SHARE:
+            times += [timed(onehot_reference, z, g, k) for _ in range(QUICK_REFERENCE_EXTRA_RUNS)]
         return statistics.median(times)
     except TimeoutError:
         return None
@@ -68,32 +78,49 @@ def time_reference(z, g, k, limit):
 
 
 def peak_bandwidth(device):
-    p = torch.cuda.get_device_properties(device)
-    clock, width = getattr(p, "memory_clock_rate", 0), getattr(p, "memory_bus_width", 0)
-    return 2 * clock * 1e3 * width / 8 if clock and width else None  # double data rate, bytes/s
+    """The card's peak memory bandwidth in bytes/s (double data rate), or None if unknown."""
+    properties = torch.cuda.get_device_properties(device)
+    clock_khz = getattr(properties, "memory_clock_rate", 0)
+    bus_bits = getattr(properties, "memory_bus_width", 0)
+    if not (clock_khz and bus_bits):
+        return None
+    return 2 * clock_khz * 1e3 * bus_bits / 8
 
 
 def ms(seconds):
-    return "-" if seconds is None else f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds:.3g} s"
 
 
 def ratio(a, b):
     return "-" if a is None or b is None else f"{a / b:.3g}x"
 
 
+def median_time(f, z, g, k, reps):
+    """Median of reps timed calls after one untimed warm-up."""
+    step(f, z, g, k)
+    return statistics.median(timed(f, z, g, k) for _ in range(reps))
+
+
 def bench_cpu(args):
-    print(f"CPU ({torch.get_num_threads()} threads), {args.dtype}, k={args.k}, one-hot op: "
-          f"{common.ONEHOT_IMPL}; forward+backward, median of {args.reps}")
-    print(f"{'shape':<18} {'vmap ref':>10} {'PyTorch':>10} {'C++ op':>10} {'PyTorch/C++':>12} "
-          f"{'ref/C++':>9}")
+    print(
+        f"CPU ({torch.get_num_threads()} threads), {args.dtype}, k={args.k}, one-hot op: "
+        f"{ops.ONEHOT_IMPL}; forward+backward, median of {args.reps}"
+    )
+    header = ["shape".ljust(18), "vmap ref".rjust(10), "PyTorch".rjust(10), "C++ op".rjust(10)]
+    header += ["PyTorch/C++".rjust(12), "ref/C++".rjust(9)]
+    print(" ".join(header))
     dtype = getattr(torch, args.dtype)
     for batch in args.batch:
         for shape in SHAPES:
             gen = torch.Generator().manual_seed(0)
             z = torch.randn(batch, *shape, generator=gen, dtype=dtype).requires_grad_()
             g = torch.randn(batch, *shape, generator=gen, dtype=dtype)
-            impls = {"torch": common.onehot_surrogate_torch}
-            if common.ONEHOT_IMPL != "torch":
+            impls = {"torch": ops.onehot_surrogate_torch}
+            if ops.ONEHOT_IMPL != "torch":
                 impls["ext"] = ext
             for f in impls.values():
                 step(f, z, g, args.k)  # warm-up
@@ -102,40 +129,62 @@ def bench_cpu(args):
                 for name, f in impls.items():
                     times[name].append(timed(f, z, g, args.k))
             t = {name: statistics.median(ts) for name, ts in times.items()}
-            ref = None if args.ref_limit <= 0 else time_reference(z, g, args.k, args.ref_limit)
-            ref_text, ref_ratio = ms(ref), ratio(ref, t.get("ext"))
+            t_torch, t_ext = t["torch"], t.get("ext")
+
+            ref = None
+            if args.ref_limit > 0:
+                ref = time_reference(z, g, args.k, args.ref_limit)
+            ref_text, ref_ratio = ms(ref), ratio(ref, t_ext)
             if ref is None and args.ref_limit > 0:  # gave up: the limit is a lower bound
-                ref_text, ref_ratio = f">{args.ref_limit:.0f} s", ">" + ratio(args.ref_limit, t.get("ext"))
-            print(f"{str((batch, *shape)):<18} {ref_text:>10} {ms(t['torch']):>10} "
-                  f"{ms(t.get('ext')):>10} {ratio(t['torch'], t.get('ext')):>12} {ref_ratio:>9}",
-                  flush=True)
+                ref_text = f">{args.ref_limit:.0f} s"
+                ref_ratio = ">" + ratio(args.ref_limit, t_ext)
+
+            row = [str((batch, *shape)).ljust(18), ref_text.rjust(10), ms(t_torch).rjust(10)]
+            row += [ms(t_ext).rjust(10), ratio(t_torch, t_ext).rjust(12), ref_ratio.rjust(9)]
+            print(" ".join(row), flush=True)
 
 
 def bench_cuda(args):
     device = torch.device("cuda")
     peak = peak_bandwidth(device)
-    print(f"\n{torch.cuda.get_device_name(device)}, {args.dtype}, CUDA op: {common._ONEHOT_CUDA}; "
-          f"median of {args.reps}, peak bandwidth {peak / 1e9:.0f} GB/s" if peak else "")
-    print(f"{'shape':<18} {'PyTorch':>10} {'op fwd+bwd':>11} {'PyTorch/op':>11} {'fwd GB/s':>9} "
-          f"{'bwd GB/s':>9} {'bwd % peak':>10}")
+    peak_text = f", peak bandwidth {peak / 1e9:.0f} GB/s" if peak else ""
+    print(
+        f"\n{torch.cuda.get_device_name(device)}, {args.dtype}, CUDA op: {ops.ONEHOT_CUDA}; "
+        f"median of {args.reps}{peak_text}"
+    )
+    header = ["shape".ljust(18), "PyTorch".rjust(10), "op fwd+bwd".rjust(11)]
+    header += ["PyTorch/op".rjust(11), "fwd GB/s".rjust(9), "bwd GB/s".rjust(9)]
+    header += ["bwd % peak".rjust(10)]
+    print(" ".join(header))
     dtype = getattr(torch, args.dtype)
     for batch in args.batch:
         for shape in SHAPES:
             z = torch.randn(batch, *shape, device=device, dtype=dtype).requires_grad_()
             g = torch.randn(batch, *shape, device=device, dtype=dtype)
-            t_torch = statistics.median(
-                [timed(common.onehot_surrogate_torch, z, g, args.k) for _ in range(args.reps + 1)][1:])
-            t_op = statistics.median([timed(ext, z, g, args.k) for _ in range(args.reps + 1)][1:])
-            out, index = torch.ops.ldf_ip.onehot_surrogate(z.detach(), args.k, -1)
-            fwd = lambda: torch.ops.ldf_ip.onehot_surrogate(z.detach(), args.k, -1)  # noqa: E731
-            bwd = lambda: torch.ops.ldf_ip.onehot_surrogate_backward(  # noqa: E731
-                g, z.detach(), index, args.k, -1)
-            n, item, rows = z.numel(), z.element_size(), index.numel()
-            gbs = [(2 * n * item + 8 * rows) / cuda_time(fwd, args.reps) / 1e9,
-                   (3 * n * item + 8 * rows) / cuda_time(bwd, args.reps) / 1e9]
-            share = f"{gbs[1] * 1e9 / peak:.0%}" if peak else "-"
-            print(f"{str((batch, *shape)):<18} {ms(t_torch):>10} {ms(t_op):>11} "
-                  f"{ratio(t_torch, t_op):>11} {gbs[0]:>9.0f} {gbs[1]:>9.0f} {share:>10}", flush=True)
+            t_torch = median_time(ops.onehot_surrogate_torch, z, g, args.k, args.reps)
+            t_op = median_time(ext, z, g, args.k, args.reps)
+
+            z_data = z.detach()
+            _, index = torch.ops.ldf_ip.onehot_surrogate(z_data, args.k, -1)
+
+            def forward(z_data=z_data):
+                return torch.ops.ldf_ip.onehot_surrogate(z_data, args.k, -1)
+
+            def backward(g=g, z_data=z_data, index=index):
+                return torch.ops.ldf_ip.onehot_surrogate_backward(g, z_data, index, args.k, -1)
+
+            tensor_bytes = z.numel() * z.element_size()
+            index_bytes = index.numel() * INDEX_BYTES
+            forward_bytes = 2 * tensor_bytes + index_bytes  # reads z; writes one-hot and index
+            backward_bytes = 3 * tensor_bytes + index_bytes  # reads z, g and index; writes grad
+            forward_gbs = forward_bytes / cuda_time(forward, args.reps) / 1e9
+            backward_gbs = backward_bytes / cuda_time(backward, args.reps) / 1e9
+            share = f"{backward_gbs * 1e9 / peak:.0%}" if peak else "-"
+
+            row = [str((batch, *shape)).ljust(18), ms(t_torch).rjust(10), ms(t_op).rjust(11)]
+            row += [ratio(t_torch, t_op).rjust(11), f"{forward_gbs:>9.0f}", f"{backward_gbs:>9.0f}"]
+            row += [share.rjust(10)]
+            print(" ".join(row), flush=True)
 
 
 def cuda_time(f, reps):
@@ -143,7 +192,8 @@ def cuda_time(f, reps):
     f()
     times = []
     for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
         start.record()
         f()
         end.record()
@@ -154,13 +204,17 @@ def cuda_time(f, reps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=common.positive_int, nargs="+", default=[64, 256])
-    parser.add_argument("--reps", type=common.positive_int, default=7)
+    parser.add_argument("--batch", type=common.positive_int, nargs="+", default=DEFAULT_BATCHES)
+    parser.add_argument("--reps", type=common.positive_int, default=DEFAULT_REPS)
     parser.add_argument("--threads", type=common.positive_int, default=None)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    parser.add_argument("--k", type=common.positive_float, default=20.0)
-    parser.add_argument("--ref-limit", type=float, default=60.0,
-                        help="seconds the vmap reference may take per shape (0: skip it)")
+    parser.add_argument("--k", type=common.positive_float, default=ops.DEFAULT_K)
+    parser.add_argument(
+        "--ref-limit",
+        type=common.nonnegative_float,
+        default=DEFAULT_REF_LIMIT_S,
+        help="seconds the vmap reference may take per shape (0: skip it)",
+    )
     parser.add_argument("--no-cuda", action="store_true")
     args = parser.parse_args()
     if args.threads:

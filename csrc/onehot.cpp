@@ -1,6 +1,6 @@
 // ldf_ip::onehot_surrogate: one-hot of argmax with the surrogate gradient of thesis eq. 16.
 // Defines the two ops and their CPU kernels (the CUDA kernels are in onehot_cuda.cu); autograd and
-// the fake kernels are registered from Python, in common.py, with torch.library.
+// the fake kernels are registered from Python, in csrc/ops.py, with torch.library.
 #include <Python.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -12,11 +12,22 @@
 #include "onehot.h"
 #include "onehot_kernels.h"
 
+// setup.py defines it where it compiles onehot_cuda.cu into the same library.
+#ifndef LDF_IP_WITH_CUDA
+#define LDF_IP_WITH_CUDA 0
+#endif
+
 extern "C" {
 // `import _ldf_ip_ops` (the setup.py build) loads this library, which runs the registrations below.
+// The module's WITH_CUDA says whether the library holds the CUDA kernels too.
 PyObject* PyInit__ldf_ip_ops(void) {
   static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_ldf_ip_ops", nullptr, -1, nullptr};
-  return PyModule_Create(&def);
+  PyObject* module = PyModule_Create(&def);
+  if (module != nullptr && PyModule_AddIntConstant(module, "WITH_CUDA", LDF_IP_WITH_CUDA) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 }
 
@@ -44,8 +55,9 @@ static at::Tensor empty_output(const at::Tensor& like) {
   return t;
 }
 
-// The AVX2 kernels of onehot_kernels.h take contiguous rows (inner == 1) where the CPU has AVX2+FMA;
-// they leave what they do not handle (other C, the last < 8 rows of a chunk) to the loops below.
+// The AVX2 kernels of onehot_kernels.h take contiguous rows (inner == 1) where the CPU has
+// AVX2+FMA; they leave what they do not handle (other C, the last < 8 rows of a chunk) to the loops
+// below.
 static bool use_avx2(const Layout& L) {
 #ifdef LDF_HAVE_AVX2_KERNELS
   return L.inner == 1 && avx2::cpu_has_avx2();
@@ -66,7 +78,8 @@ static bool use_avx2(const Layout& L) {
 
 // Rows r0..r1 of z seen as (rows / inner, C, inner); row r = (o, i) starts at (o * C) * inner + i.
 template <typename T>
-LDF_CPU_CLONES void forward_rows(const T* z, T* out, int64_t* index, Layout L, int64_t r0, int64_t r1) {
+LDF_CPU_CLONES void forward_rows(const T* z, T* out, int64_t* index, Layout L, int64_t r0,
+                                 int64_t r1) {
   int64_t o = r0 / L.inner, i = r0 % L.inner;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t b = o * L.C * L.inner + i;
@@ -83,11 +96,12 @@ LDF_CPU_CLONES void forward_rows(const T* z, T* out, int64_t* index, Layout L, i
 }
 
 template <typename T>
-LDF_CPU_CLONES bool backward_rows(const T* g, const T* z, const int64_t* index, T* gz, Layout L, T k,
-                                  int64_t r0, int64_t r1) {
+LDF_CPU_CLONES bool backward_rows(const T* g, const T* z, const int64_t* index, T* gz, Layout L,
+                                  T k, int64_t r0, int64_t r1) {
   if (L.C <= kShortRow && L.inner == 1)
     return backward_short_rows<T, true>(z, g, index, gz, L.C, 1, k, r0, r1);
-  if (L.C <= kShortRow) return backward_short_rows<T, false>(z, g, index, gz, L.C, L.inner, k, r0, r1);
+  if (L.C <= kShortRow)
+    return backward_short_rows<T, false>(z, g, index, gz, L.C, L.inner, k, r0, r1);
   int64_t o = r0 / L.inner, i = r0 % L.inner;
   bool ok = true;
   for (int64_t r = r0; r < r1; ++r) {
@@ -141,7 +155,8 @@ at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& z_in, const at
         return;
       }
 #endif
-      if (r0 < r1 && !backward_rows(gp, zp, ip, gzp, L, static_cast<scalar_t>(k), r0, r1)) ok = false;
+      if (r0 < r1 && !backward_rows(gp, zp, ip, gzp, L, static_cast<scalar_t>(k), r0, r1))
+        ok = false;
     });
   });
   TORCH_CHECK(ok, "onehot_surrogate_backward: index out of range [0, ", L.C, ")");
@@ -150,7 +165,8 @@ at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& z_in, const at
 
 TORCH_LIBRARY(ldf_ip, m) {
   m.def("onehot_surrogate(Tensor z, float k, int dim) -> (Tensor, Tensor)");
-  m.def("onehot_surrogate_backward(Tensor grad, Tensor z, Tensor index, float k, int dim) -> Tensor");
+  m.def(
+      "onehot_surrogate_backward(Tensor grad, Tensor z, Tensor index, float k, int dim) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(ldf_ip, CPU, m) {

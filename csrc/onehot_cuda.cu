@@ -1,6 +1,10 @@
 // CUDA kernels of ldf_ip::onehot_surrogate (the kernels themselves are in onehot_kernels.h).
-#include <ATen/cuda/CUDAContext.h>
+// Only the current stream is needed: c10/cuda/CUDAStream.h, not ATen/cuda/CUDAContext.h, which
+// pulls in the cuBLAS, cuSPARSE and cuSOLVER headers that a minimal CUDA toolkit does not have.
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "onehot.h"
@@ -18,7 +22,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& z_in, double k
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "onehot_surrogate", [&] {
     launch_forward<scalar_t>(z.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
                              index.mutable_data_ptr<int64_t>(), L.rows, L.C, L.inner,
-                             at::cuda::getCurrentCUDAStream());
+                             c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {out, index};
@@ -35,7 +39,7 @@ at::Tensor backward_cuda(const at::Tensor& grad, const at::Tensor& z_in, const a
     launch_backward<scalar_t>(g.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
                               index.const_data_ptr<int64_t>(), gz.mutable_data_ptr<scalar_t>(),
                               L.rows, L.C, L.inner, static_cast<scalar_t>(k),
-                              at::cuda::getCurrentCUDAStream());
+                              c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return gz;

@@ -1,13 +1,19 @@
 // One-hot surrogate of argmax (thesis section 4.4, eq. 16): the row kernels, free of torch so that
 // `nvcc -c` can check them on a machine without CUDA torch headers. Raw pointers, sizes, strides.
 //
-// A *row* is the C entries along the class dimension, `s` elements apart. Forward writes the one-hot
-// of argmax (ties -> lowest index, NaN counts as the largest, as torch.argmax) and its index m.
+// A *row* is the C entries along the class dimension, `s` elements apart. Forward writes the
+// one-hot of argmax (ties -> lowest index, NaN counts as the largest, as torch.argmax) and its
+// index m.
 // Backward is the vector-Jacobian product of eq. 16, with sigma_f(a, b) = k e / (1 + e)^2,
-// e = exp(-|k (a - b)|), the slope of a sigmoid of sharpness k centred at b (finite for every input):
+// e = exp(-|k gap(a, b)|), the slope of a sigmoid of sharpness k centred at b:
 //   j != m: gz_j = sigma_f(z_j, z_m) (g_j - g_m)
 //   j == m: gz_m = sigma_f(z_pen, z_m) g_m - sum_{j != m} sigma_f(z_j, z_m) g_j
-// z_pen is the largest entry other than z_m (-inf when C == 1, so that gz_m = 0).
+// z_pen is the largest entry other than z_m; a row of C == 1 has none, and its gz_m is 0.
+// gap(a, b) is a - b, but 0 when a == b: equal entries are a tie whatever their value, so that
+// equal infinities give the slope of a tie, k / 4, rather than NaN (inf - inf). With it, sigma_f
+// is finite for every pair of numbers, infinities included (an infinite gap gives 0). A NaN in a
+// row is its argmax, so every gap of that row is NaN: its gradient is NaN throughout (C > 1).
+// csrc/ops.py computes the same in PyTorch (sigmoid_slope, onehot_surrogate_torch).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -27,6 +33,11 @@ namespace ldf_ip {
 
 // ------------------------------------------------------------------------------------ shared math
 template <typename T>
+LDF_HD T gap(T a, T b) {  // a - b, 0 when a == b (equal infinities); NaN stays NaN
+  return a == b ? T(0) : a - b;
+}
+
+template <typename T>
 LDF_HD T slope_from_exp(T e, T k) {  // k s (1 - s) with s = sigmoid(-|x|), given e = exp(-|x|)
   const T d = T(1) + e;
   return k * e / (d * d);
@@ -43,7 +54,8 @@ LDF_HD bool beats(T v, int64_t j, T best, int64_t bj) {
 // ------------------------------------------------------------------------------------ CPU
 // exp(x) for x <= 0 without a library call, so that loops over it vectorise: x = n ln2 + r with
 // |r| <= ln2/2 (Cody-Waite), e^r by its Taylor polynomial (error < 1 ulp: degree 7 in float, 12 in
-// double), 2^n written into the exponent bits. Below the smallest normal it returns 0; NaN stays NaN.
+// double), 2^n written into the exponent bits. Below the smallest normal it returns 0; NaN stays
+// NaN.
 template <typename T> struct ExpConst;
 template <> struct ExpConst<float> {
   using U = uint32_t;
@@ -74,7 +86,8 @@ inline T exp_nonpos(T x) {
 #endif
   for (int i = C::degree; i >= 1; --i) p = T(1) + p * (r * (T(1) / T(i)));  // Horner, sum r^i/i!
   // a bit cast without taking addresses: memcpy would make `omp simd` spill the lanes to memory
-  const T scale = __builtin_bit_cast(T, static_cast<U>((__builtin_bit_cast(U, t) + C::bias) << C::mant));
+  const U scale_bits = static_cast<U>((__builtin_bit_cast(U, t) + C::bias) << C::mant);
+  const T scale = __builtin_bit_cast(T, scale_bits);
   return p * scale * T(x >= C::lo);  // a product, not `?:`, which GCC turns into a branch
 }
 
@@ -98,7 +111,8 @@ inline int64_t argmax_row(const T* __restrict__ z, int64_t C, int64_t s) {
   // the first entry equal to the max, or the first NaN.
   using U = typename ExpConst<T>::U;
   using I = std::make_signed_t<U>;
-  constexpr U abs_mask = ~U(0) >> 1, inf_bits = __builtin_bit_cast(U, std::numeric_limits<T>::infinity());
+  constexpr U abs_mask = ~U(0) >> 1;
+  constexpr U inf_bits = __builtin_bit_cast(U, std::numeric_limits<T>::infinity());
   I key = std::numeric_limits<I>::min();
   U mag = 0;
 #pragma omp simd reduction(max : key, mag)
@@ -128,7 +142,7 @@ inline void backward_row(const T* __restrict__ z, const T* __restrict__ g, T* __
   if (s != 1 || C < 16) {
     for (int64_t j = 0; j < C; ++j) {
       if (j == m) continue;
-      const T zj = z[j * s], gj = g[j * s], sl = slope_cpu(k * (zj - zm), k);
+      const T zj = z[j * s], gj = g[j * s], sl = slope_cpu(k * gap(zj, zm), k);
       gz[j * s] = sl * (gj - gm);
       acc += sl * gj;
       pen = zj > pen ? zj : pen;
@@ -138,20 +152,20 @@ inline void backward_row(const T* __restrict__ z, const T* __restrict__ g, T* __
       const int64_t lo = part ? m + 1 : 0, hi = part ? C : m;
 #pragma omp simd reduction(+ : acc) reduction(max : pen)
       for (int64_t j = lo; j < hi; ++j) {
-        const T zj = z[j], gj = g[j], sl = slope_cpu(k * (zj - zm), k);
+        const T zj = z[j], gj = g[j], sl = slope_cpu(k * gap(zj, zm), k);
         gz[j] = sl * (gj - gm);
         acc += sl * gj;
         pen = zj > pen ? zj : pen;
       }
     }
   }
-  gz[m * s] = slope_cpu(k * (pen - zm), k) * gm - acc;
+  gz[m * s] = slope_cpu(k * gap(pen, zm), k) * gm - acc;  // C > kShortRow here: z_pen exists
 }
 
-// Backward for rows r0..r1 of short rows (C <= kShortRow, any stride), where a loop along one row is
-// too short to vectorise: blocks of rows go through three passes, and only the middle one, which
-// holds all the exp(), runs over the block as one flat, vectorised loop.
-//   1. per row: x_j = k (z_j - z_m) for j != m, and x_m = k (z_pen - z_m)
+// Backward for rows r0..r1 of short rows (C <= kShortRow, any stride), where a loop along one row
+// is too short to vectorise: blocks of rows go through three passes, and only the middle one,
+// which holds all the exp(), runs over the block as one flat, vectorised loop.
+//   1. per row: x_j = k gap(z_j, z_m) for j != m, and x_m = k gap(z_pen, z_m) (-inf if C == 1)
 //   2. flat:    s = sigma_f(x)                    (s_m is then sigma_f(z_pen, z_m))
 //   3. per row: gz_j = s_j (g_j - g_m), gz_m = s_m g_m - sum_{j != m} s_j g_j
 constexpr int64_t kShortRow = 64, kRowBlock = 1024;  // elements per block of rows
@@ -175,10 +189,11 @@ inline bool backward_short_rows(const T* __restrict__ z, const T* __restrict__ g
       for (int64_t j = 0; j < C; ++j) {
         const T zj = z[b + j * inner];
         const T other = j == m ? -std::numeric_limits<T>::infinity() : zj;  // selects, no branch
-        x[r * C + j] = k * (zj - zm);
+        x[r * C + j] = k * gap(zj, zm);
         pen = other > pen ? other : pen;
       }
-      x[r * C + m] = k * (pen - zm);
+      // no runner-up when C == 1: x = -inf, whose slope is 0
+      x[r * C + m] = C > 1 ? k * gap(pen, zm) : -std::numeric_limits<T>::infinity();
       if (++ii == inner) ii = 0, ++oo;
     }
     for (int64_t e = 0; e < n * C; ++e) sl[e] = slope_cpu(x[e], k);
@@ -199,8 +214,9 @@ inline bool backward_short_rows(const T* __restrict__ z, const T* __restrict__ g
 }
 
 // ------------------------------------------------------------------------------------ CPU, AVX2
-// Explicitly vectorised kernels for contiguous rows (inner == 1) on x86-64 with AVX2 and FMA, chosen
-// at run time (cpu_has_avx2); the loops above stay the portable path and the path for other layouts.
+// Explicitly vectorised kernels for contiguous rows (inner == 1) on x86-64 with AVX2 and FMA,
+// chosen at run time (cpu_has_avx2); the loops above stay the portable path and the path for other
+// layouts.
 // They are written with GCC vector extensions (arithmetic, compares, `?:` selects) and a few
 // intrinsics (permutes, movemask, masked loads), so one template serves float (8 lanes) and double
 // (4 lanes), and nothing is left to the auto-vectoriser.
@@ -236,16 +252,32 @@ template <typename T> using S = typename VT<T>::S;  // lane index type
 template <typename T> constexpr int W = 32 / sizeof(T);
 
 template <typename T> LDF_AVX2_INLINE V<T> splat(T x) { return V<T>{} + x; }
-template <typename T> LDF_AVX2_INLINE V<T> load(const T* p) { V<T> v; __builtin_memcpy(&v, p, 32); return v; }
+template <typename T> LDF_AVX2_INLINE V<T> load(const T* p) {
+  V<T> v;
+  __builtin_memcpy(&v, p, 32);
+  return v;
+}
 template <typename T> LDF_AVX2_INLINE void store(T* p, V<T> v) { __builtin_memcpy(p, &v, 32); }
-LDF_AVX2_INLINE V<float> vmax(V<float> a, V<float> b) { return (V<float>)_mm256_max_ps((__m256)a, (__m256)b); }
-LDF_AVX2_INLINE V<double> vmax(V<double> a, V<double> b) { return (V<double>)_mm256_max_pd((__m256d)a, (__m256d)b); }
+LDF_AVX2_INLINE V<float> vmax(V<float> a, V<float> b) {
+  return (V<float>)_mm256_max_ps((__m256)a, (__m256)b);
+}
+LDF_AVX2_INLINE V<double> vmax(V<double> a, V<double> b) {
+  return (V<double>)_mm256_max_pd((__m256d)a, (__m256d)b);
+}
 LDF_AVX2_INLINE int movemask(M<float> m) { return _mm256_movemask_ps((__m256)m); }
 LDF_AVX2_INLINE int movemask(M<double> m) { return _mm256_movemask_pd((__m256d)m); }
-LDF_AVX2_INLINE V<float> maskload(const float* p, M<float> m) { return (V<float>)_mm256_maskload_ps(p, (__m256i)m); }
-LDF_AVX2_INLINE V<double> maskload(const double* p, M<double> m) { return (V<double>)_mm256_maskload_pd(p, (__m256i)m); }
-LDF_AVX2_INLINE void maskstore(float* p, M<float> m, V<float> v) { _mm256_maskstore_ps(p, (__m256i)m, (__m256)v); }
-LDF_AVX2_INLINE void maskstore(double* p, M<double> m, V<double> v) { _mm256_maskstore_pd(p, (__m256i)m, (__m256d)v); }
+LDF_AVX2_INLINE V<float> maskload(const float* p, M<float> m) {
+  return (V<float>)_mm256_maskload_ps(p, (__m256i)m);
+}
+LDF_AVX2_INLINE V<double> maskload(const double* p, M<double> m) {
+  return (V<double>)_mm256_maskload_pd(p, (__m256i)m);
+}
+LDF_AVX2_INLINE void maskstore(float* p, M<float> m, V<float> v) {
+  _mm256_maskstore_ps(p, (__m256i)m, (__m256)v);
+}
+LDF_AVX2_INLINE void maskstore(double* p, M<double> m, V<double> v) {
+  _mm256_maskstore_pd(p, (__m256i)m, (__m256d)v);
+}
 template <typename T> LDF_AVX2_INLINE M<T> iota() {
   M<T> r{};
   for (int l = 0; l < W<T>; ++l) r[l] = l;
@@ -274,8 +306,12 @@ template <typename T> struct Taylor {  // 1/i!, i = 0..degree
     for (int i = 1; i <= degree; ++i) f /= i, c[i] = T(f);
   }
 };
-LDF_AVX2_INLINE V<float> max_lo(V<float> lo, V<float> x) { return (V<float>)_mm256_max_ps((__m256)lo, (__m256)x); }
-LDF_AVX2_INLINE V<double> max_lo(V<double> lo, V<double> x) { return (V<double>)_mm256_max_pd((__m256d)lo, (__m256d)x); }
+LDF_AVX2_INLINE V<float> max_lo(V<float> lo, V<float> x) {
+  return (V<float>)_mm256_max_ps((__m256)lo, (__m256)x);
+}
+LDF_AVX2_INLINE V<double> max_lo(V<double> lo, V<double> x) {
+  return (V<double>)_mm256_max_pd((__m256d)lo, (__m256d)x);
+}
 template <typename T> LDF_AVX2_INLINE V<T> exp_nonpos(V<T> x) {
   using C = ExpConst<T>;
   static constexpr Taylor<T> taylor;
@@ -290,8 +326,12 @@ template <typename T> LDF_AVX2_INLINE V<T> exp_nonpos(V<T> x) {
   const V<T> scale = (V<T>)((((U<T>)t) + C::bias) << C::mant);
   return (V<T>)((M<T>)(p * scale) & ~(M<T>)(x < lo));  // 0 below lo; NaN (not < lo) stays NaN
 }
+template <typename T> LDF_AVX2_INLINE V<T> vgap(V<T> a, V<T> b) {  // gap(), lane-wise
+  return a == b ? V<T>{} : a - b;
+}
 template <typename T> LDF_AVX2_INLINE V<T> slope(V<T> x, T k) {
-  const V<T> nabs = (V<T>)((U<T>)x | (U<T>{} + (typename ExpConst<T>::U(1) << (8 * sizeof(T) - 1))));
+  constexpr typename ExpConst<T>::U sign_bit = typename ExpConst<T>::U(1) << (8 * sizeof(T) - 1);
+  const V<T> nabs = (V<T>)((U<T>)x | (U<T>{} + sign_bit));
   const V<T> e = exp_nonpos<T>(nabs), d = T(1) + e;
   return k * e / (d * d);
 }
@@ -303,7 +343,8 @@ template <typename T> LDF_AVX2_INLINE int64_t argmax_long(const T* __restrict__ 
   M<T> nan = m0 != m0;
   int64_t j = w;
   for (; j + 4 * w <= C; j += 4 * w) {
-    const V<T> a = load(z + j), b = load(z + j + w), c = load(z + j + 2 * w), d = load(z + j + 3 * w);
+    const V<T> a = load(z + j), b = load(z + j + w);
+    const V<T> c = load(z + j + 2 * w), d = load(z + j + 3 * w);
     m0 = vmax(a, m0), m1 = vmax(b, m1), m2 = vmax(c, m2), m3 = vmax(d, m3);
     nan |= (a != a) | (b != b) | (c != c) | (d != d);
   }
@@ -318,7 +359,8 @@ template <typename T> LDF_AVX2_INLINE int64_t argmax_long(const T* __restrict__ 
   for (j = 0; j < C; j += 2 * w) {  // first NaN, else first entry == best; overlapping tail again
     const int64_t j0 = j + w <= C ? j : C - w, j1 = j + 2 * w <= C ? j + w : C - w;
     const V<T> x0 = load(z + j0), x1 = load(z + j1);
-    const int h0 = movemask(any_nan ? x0 != x0 : x0 == b), h1 = movemask(any_nan ? x1 != x1 : x1 == b);
+    const int h0 = movemask(any_nan ? x0 != x0 : x0 == b);
+    const int h1 = movemask(any_nan ? x1 != x1 : x1 == b);
     if (h0) return j0 + __builtin_ctz(h0);
     if (h1) return j1 + __builtin_ctz(h1);
   }
@@ -328,12 +370,12 @@ template <typename T> LDF_AVX2_INLINE int64_t argmax_long(const T* __restrict__ 
 // One vector of the backward of a long row at j: lanes in `in` (all for a full vector), and the
 // argmax lane left out of acc and pen when kHasMax.
 template <typename T, bool kFull, bool kHasMax>
-LDF_AVX2_INLINE void backward_vec(const T* __restrict__ z, const T* __restrict__ g, T* __restrict__ gz,
-                                  int64_t j, M<T> in, M<T> not_max, V<T> vzm, V<T> vgm, T k,
-                                  V<T>& acc, V<T>& pen) {
+LDF_AVX2_INLINE void backward_vec(const T* __restrict__ z, const T* __restrict__ g,
+                                  T* __restrict__ gz, int64_t j, M<T> in, M<T> not_max, V<T> vzm,
+                                  V<T> vgm, T k, V<T>& acc, V<T>& pen) {
   const V<T> zj = kFull ? load(z + j) : maskload(z + j, in);
   const V<T> gj = kFull ? load(g + j) : maskload(g + j, in);
-  const V<T> sl = slope<T>(k * (zj - vzm), k);
+  const V<T> sl = slope<T>(k * vgap<T>(zj, vzm), k);
   if (kFull) store(gz + j, sl * (gj - vgm)); else maskstore(gz + j, in, sl * (gj - vgm));
   if (kFull && !kHasMax) {
     acc += sl * gj;
@@ -345,24 +387,28 @@ LDF_AVX2_INLINE void backward_vec(const T* __restrict__ z, const T* __restrict__
   }
 }
 
-template <typename T> LDF_AVX2_INLINE void backward_long(const T* __restrict__ z, const T* __restrict__ g,
-                                                         T* __restrict__ gz, int64_t C, int64_t m, T k) {
+template <typename T>
+LDF_AVX2_INLINE void backward_long(const T* __restrict__ z, const T* __restrict__ g,
+                                   T* __restrict__ gz, int64_t C, int64_t m, T k) {
   constexpr int w = W<T>;
   const T zm = z[m], gm = g[m];
   const V<T> vzm = splat<T>(zm), vgm = splat<T>(gm);
   const M<T> lane = iota<T>(), all = lane == lane;
   V<T> acc{}, pen = splat<T>(-std::numeric_limits<T>::infinity());
-  const int64_t full = C / w * w, jm = m / w * w;  // full vectors end at `full`; m is in [jm, jm + w)
+  // full vectors end at `full`; m is in [jm, jm + w)
+  const int64_t full = C / w * w, jm = m / w * w;
   int64_t j = 0;
-  for (; j < std::min(jm, full); j += w) backward_vec<T, true, false>(z, g, gz, j, all, all, vzm, vgm, k, acc, pen);
+  for (; j < std::min(jm, full); j += w)
+    backward_vec<T, true, false>(z, g, gz, j, all, all, vzm, vgm, k, acc, pen);
   if (jm < full) {
     backward_vec<T, true, true>(z, g, gz, jm, all, lane != S<T>(m - jm), vzm, vgm, k, acc, pen);
-    for (j = jm + w; j < full; j += w) backward_vec<T, true, false>(z, g, gz, j, all, all, vzm, vgm, k, acc, pen);
+    for (j = jm + w; j < full; j += w)
+      backward_vec<T, true, false>(z, g, gz, j, all, all, vzm, vgm, k, acc, pen);
   }
   if (full < C)
-    backward_vec<T, false, true>(z, g, gz, full, lane < S<T>(C - full), lane + S<T>(full) != S<T>(m), vzm,
-                                 vgm, k, acc, pen);
-  gz[m] = slope_cpu(k * (hmax<T>(pen) - zm), k) * gm - hsum<T>(acc);
+    backward_vec<T, false, true>(z, g, gz, full, lane < S<T>(C - full),
+                                 lane + S<T>(full) != S<T>(m), vzm, vgm, k, acc, pen);
+  gz[m] = slope_cpu(k * ldf_ip::gap(hmax<T>(pen), zm), k) * gm - hsum<T>(acc);
 }
 
 // ---- rows of C = 2, 3, 4 as lanes: transposes of W rows by 32-bit permutes and blends.
@@ -380,7 +426,7 @@ template <typename T, int C> struct Transpose {
           if (in) {  // a = column j, b = source s; entry (row l, class j) sits at p = l C + j
             const int p = l * C + a;
             t.perm[a][b][u] = (p % w) * E + half, t.mask[a][b][u] = p / w == b ? -1 : 0;
-          } else {  // a = destination s, b = column j; entry p = s w + l is (row p / C, class p % C)
+          } else {  // a = destination s, b = column j; entry p = s w + l: (row p / C, class p % C)
             const int p = a * w + l;
             t.perm[a][b][u] = (p / C) * E + half, t.mask[a][b][u] = p % C == b ? -1 : 0;
           }
@@ -396,7 +442,8 @@ LDF_AVX2_INLINE __m256 perm32(__m256 v, const int32_t* idx) {
 LDF_AVX2_INLINE __m256 blend32(__m256 a, __m256 b, const int32_t* mask) {
   return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_load_si256((const __m256i*)mask)));
 }
-template <typename T, int C, bool kIn> LDF_AVX2_INLINE void transpose(const __m256 (&src)[C], V<T> (&dst)[C]) {
+template <typename T, int C, bool kIn>
+LDF_AVX2_INLINE void transpose(const __m256 (&src)[C], V<T> (&dst)[C]) {
   using X = Transpose<T, C>;
   constexpr const typename X::Table& t = kIn ? X::in : X::out;
 #pragma GCC unroll 4
@@ -427,10 +474,13 @@ LDF_AVX2_INLINE void store_index(int64_t* p, M<float> m) {  // 8 int32 lanes -> 
   _mm256_storeu_si256((__m256i*)p, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)));
   _mm256_storeu_si256((__m256i*)(p + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1)));
 }
-LDF_AVX2_INLINE void store_index(int64_t* p, M<double> m) { _mm256_storeu_si256((__m256i*)p, (__m256i)m); }
+LDF_AVX2_INLINE void store_index(int64_t* p, M<double> m) {
+  _mm256_storeu_si256((__m256i*)p, (__m256i)m);
+}
 template <typename T> LDF_AVX2_INLINE M<T> load_index(const int64_t* p);
 template <> LDF_AVX2_INLINE M<float> load_index<float>(const int64_t* p) {  // low halves, in range
-  const __m256i lo = _mm256_loadu_si256((const __m256i*)p), hi = _mm256_loadu_si256((const __m256i*)(p + 4));
+  const __m256i lo = _mm256_loadu_si256((const __m256i*)p);
+  const __m256i hi = _mm256_loadu_si256((const __m256i*)(p + 4));
   const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
   return (M<float>)_mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(lo, even),
                                                _mm256_permutevar8x32_epi32(hi, even), 0x20);
@@ -442,8 +492,8 @@ template <> LDF_AVX2_INLINE M<double> load_index<double>(const int64_t* p) {
 // Forward of rows [r0, r1) of C entries; returns the first row left over (fewer than W), for the
 // scalar loop.
 template <typename T, int C>
-LDF_AVX2_INLINE int64_t forward_small(const T* __restrict__ z, T* __restrict__ out, int64_t* __restrict__ index,
-                                      int64_t r0, int64_t r1) {
+LDF_AVX2_INLINE int64_t forward_small(const T* __restrict__ z, T* __restrict__ out,
+                                      int64_t* __restrict__ index, int64_t r0, int64_t r1) {
   constexpr int w = W<T>;
   int64_t r = r0;
   for (; r + w <= r1; r += w) {
@@ -492,7 +542,7 @@ LDF_AVX2_INLINE int64_t backward_small(const T* __restrict__ z, const T* __restr
 #pragma GCC unroll 4
     for (int j = 0; j < C; ++j) {  // s_j = sigma_f(z_j, z_m) for j != m, sigma_f(z_pen, z_m) at m
       const M<T> is = m == S<T>(j);
-      sl[j] = slope<T>(k * ((is ? pen : zc[j]) - zm), k);
+      sl[j] = slope<T>(k * vgap<T>(is ? pen : zc[j], zm), k);
       acc += is ? V<T>{} : sl[j] * gc[j];
     }
 #pragma GCC unroll 4
@@ -504,8 +554,9 @@ LDF_AVX2_INLINE int64_t backward_small(const T* __restrict__ z, const T* __restr
 
 // Entry points: rows [r0, r1) of a contiguous (rows, C) array.
 template <typename T>
-LDF_AVX2_ENTRY int64_t forward_rows(const T* __restrict__ z, T* __restrict__ out, int64_t* __restrict__ index,
-                                    int64_t C, int64_t r0, int64_t r1) {
+LDF_AVX2_ENTRY int64_t forward_rows(const T* __restrict__ z, T* __restrict__ out,
+                                    int64_t* __restrict__ index, int64_t C, int64_t r0,
+                                    int64_t r1) {
   switch (C) {
     case 2: return forward_small<T, 2>(z, out, index, r0, r1);
     case 3: return forward_small<T, 3>(z, out, index, r0, r1);
@@ -526,8 +577,8 @@ LDF_AVX2_ENTRY int64_t forward_rows(const T* __restrict__ z, T* __restrict__ out
 
 template <typename T>
 LDF_AVX2_ENTRY int64_t backward_rows(const T* __restrict__ g, const T* __restrict__ z,
-                                     const int64_t* __restrict__ index, T* __restrict__ gz, int64_t C,
-                                     T k, int64_t r0, int64_t r1) {
+                                     const int64_t* __restrict__ index, T* __restrict__ gz,
+                                     int64_t C, T k, int64_t r0, int64_t r1) {
   switch (C) {
     case 2: return backward_small<T, 2>(z, g, index, gz, k, r0, r1);
     case 3: return backward_small<T, 3>(z, g, index, gz, k, r0, r1);
@@ -618,7 +669,7 @@ __global__ void backward_thread_kernel(const T* __restrict__ g, const T* __restr
   for (int64_t r = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; r < rows;
        r += (int64_t)gridDim.x * blockDim.x) {
     const int64_t b = row_start(r, C, inner), m = index[r];
-    if (m < 0 || m >= C) {  // not an index from the forward: make it visible, don't read past the row
+    if (m < 0 || m >= C) {  // not an index from the forward: make it visible, don't read past row
       for (int64_t j = 0; j < C; ++j) gz[b + j * inner] = NAN;
       continue;
     }
@@ -627,12 +678,13 @@ __global__ void backward_thread_kernel(const T* __restrict__ g, const T* __restr
     for (int64_t j = 0; j < C; ++j) {
       if (j == m) continue;
       const int64_t e = b + j * inner;
-      const T zj = z[e], gj = g[e], sl = slope_gpu(k * (zj - zm), k);
+      const T zj = z[e], gj = g[e], sl = slope_gpu(k * gap(zj, zm), k);
       gz[e] = sl * (gj - gm);
       acc += sl * gj;
       pen = fmax(pen, zj);
     }
-    gz[b + m * inner] = slope_gpu(k * (pen - zm), k) * gm - acc;
+    const T sl_pen = C > 1 ? slope_gpu(k * gap(pen, zm), k) : T(0);  // no runner-up when C == 1
+    gz[b + m * inner] = sl_pen * gm - acc;
   }
 }
 
@@ -655,7 +707,7 @@ __global__ void backward_warp_kernel(const T* __restrict__ g, const T* __restric
     T acc = T(0), pen = -INFINITY;
     for (int64_t j = lane; j < C; j += kWarp) {
       if (j == m) continue;
-      const T zj = zr[j], gj = gr[j], sl = slope_gpu(k * (zj - zm), k);
+      const T zj = zr[j], gj = gr[j], sl = slope_gpu(k * gap(zj, zm), k);
       gz[r * C + j] = sl * (gj - gm);
       acc += sl * gj;
       pen = fmax(pen, zj);
@@ -664,7 +716,7 @@ __global__ void backward_warp_kernel(const T* __restrict__ g, const T* __restric
       acc += __shfl_xor_sync(0xffffffffu, acc, o);
       pen = fmax(pen, __shfl_xor_sync(0xffffffffu, pen, o));
     }
-    if (lane == 0) gz[r * C + m] = slope_gpu(k * (pen - zm), k) * gm - acc;
+    if (lane == 0) gz[r * C + m] = slope_gpu(k * gap(pen, zm), k) * gm - acc;  // C > kWarp
   }
 }
 
@@ -690,7 +742,8 @@ void launch_backward(const T* g, const T* z, const int64_t* index, T* gz, int64_
     backward_thread_kernel<T>
         <<<grid_for(rows), kBlock, 0, stream>>>(g, z, index, gz, rows, C, inner, k);
   else
-    backward_warp_kernel<T><<<grid_for(rows * kWarp), kBlock, 0, stream>>>(g, z, index, gz, rows, C, k);
+    backward_warp_kernel<T>
+        <<<grid_for(rows * kWarp), kBlock, 0, stream>>>(g, z, index, gz, rows, C, k);
 }
 #endif  // __CUDACC__
 

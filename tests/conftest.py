@@ -1,5 +1,63 @@
-"""Make the top-level scripts (common.py, knapsack_ldf.py, csp_ldf.py) importable from the tests."""
+"""Test set-up: the top-level scripts (common.py, knapsack_ldf.py, csp_ldf.py) importable from the
+tests; the CSP fixtures."""
+
 import os
 import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# ---------------------------------------------------------------- CSP (csp_ldf.py) fixtures
+CSP_DATA = Path(__file__).resolve().parents[2] / "shared/data/ieee_cis"
+
+# two days (Monday, Tuesday); 1 small + 1 large room; one battery of 3 charge levels (step 10 kWh)
+CSP_TINY = """ppoi 1 1 1 2 2
+b 0 1 1
+s 0 0
+c 0 0 30 40 0.81
+r 0 1 S 30 28 0
+r 1 1 L 20 30 1 0
+a 0 1 S 10 88 100 50 0
+a 1 1 L 40 90 80 20 1 0
+"""
+
+
+@pytest.fixture(scope="session")
+def csp_data():
+    """The IEEE-CIS challenge data folder; tests that need it are skipped where it is absent."""
+    if not (CSP_DATA / "instances").is_dir():
+        pytest.skip(f"challenge data absent (expected in {CSP_DATA}; see csp_ldf.py --help)")
+    return CSP_DATA
+
+
+@pytest.fixture(scope="session")
+def csp_tiny_text():
+    """The tiny instance file's text (tests of the parser edit copies of it)."""
+    return CSP_TINY
+
+
+@pytest.fixture(scope="session")
+def csp_tiny():
+    """make(folder, days=2) -> (inst, base, solar, price): the tiny instance over `days` days
+    (Monday first) with fixed random series, its file written into `folder`."""
+    import csp_ldf
+
+    def make(folder, days=2):
+        (folder / "tiny.txt").write_text(CSP_TINY)
+        inst = csp_ldf.read_instance(folder / "tiny.txt")
+        inst.update(days=days, first_weekday=0)
+        rng = np.random.default_rng(1)
+        T = days * csp_ldf.DAY
+        time_of_day = np.arange(T) % csp_ldf.DAY / csp_ldf.DAY
+        base = 300 + 20 * rng.random(T)
+        solar = 80 * np.clip(np.sin(time_of_day * 2 * np.pi - np.pi / 2), 0, None)
+        price = (
+            60 + 40 * np.sin(np.arange(T) / csp_ldf.DAY * 2 * np.pi) + 30 * rng.standard_normal(T)
+        )
+        return inst, base, solar, price
+
+    return make

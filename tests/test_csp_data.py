@@ -1,47 +1,19 @@
-"""CSP data and MIP labels (issue 4): parser, checker, MIP vs brute force, STL scenarios, resumable labels."""
+"""CSP data and MIP labels (issue 4): parser, checker, MIP vs brute force, STL scenarios,
+resumable labels. Fixtures (csp_data, csp_tiny, csp_tiny_text): conftest.py."""
+
 import itertools
-import os
-import sys
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import csp_ldf as C  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[2] / "shared/data/ieee_cis"
-needs_data = pytest.mark.skipif(not (SHARED / "instances").is_dir(),
-                                reason=f"challenge data absent (expected in {SHARED}; see csp_ldf.py --help)")
-
-# two days (Monday, Tuesday); 1 small + 1 large room; one battery of 3 charge levels (step 10 kWh)
-TINY = """ppoi 1 1 1 2 2
-b 0 1 1
-s 0 0
-c 0 0 30 40 0.81
-r 0 1 S 30 28 0
-r 1 1 L 20 30 1 0
-a 0 1 S 10 88 100 50 0
-a 1 1 L 40 90 80 20 1 0
-"""
-
-
-def tiny(tmp_path, text=TINY, days=2):
-    (tmp_path / "tiny.txt").write_text(text)
-    inst = C.read_instance(tmp_path / "tiny.txt")
-    inst.update(days=days, first_weekday=0)
-    rng = np.random.default_rng(1)
-    T = days * C.DAY
-    base = 300 + 20 * rng.random(T)
-    solar = 80 * np.clip(np.sin(np.arange(T) % C.DAY / C.DAY * 2 * np.pi - np.pi / 2), 0, None)
-    price = 60 + 40 * np.sin(np.arange(T) / C.DAY * 2 * np.pi) + 30 * rng.standard_normal(T)
-    return inst, base, solar, price
+import csp_ldf as C
 
 
 # ---------------------------------------------------------------- parser
-@needs_data
-def test_parser_reads_all_20_instances():
-    files = sorted((SHARED / "instances").glob("*.txt"))
+def test_parser_reads_all_20_instances(csp_data):
+    files = sorted((csp_data / "instances").glob("*.txt"))
     assert len(files) == 20
     for f in files:
         inst = C.read_instance(f)
@@ -50,58 +22,64 @@ def test_parser_reads_all_20_instances():
         assert inst["oneoff"].sum() == n_oneoff and (inst["dur"][:n_rec] <= 32).all()
         assert all(p < n_rec for ps in inst["prec"][:n_rec] for p in ps)
         assert all(n_rec <= p for ps in inst["prec"][n_rec:] for p in ps)
-    small0 = C.read_instance(SHARED / "instances/phase2_instance_small_0.txt")
+    small0 = C.read_instance(csp_data / "instances/phase2_instance_small_0.txt")
     assert (small0["n_small"], small0["n_large"]) == (10, 6)
-    assert small0["prec"][1] == [0, 7, 14, 19, 27, 35, 43] and small0["prec"][52] == [50 + p for p in
-                                                                                     (0, 1, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 16, 18)]
+    assert small0["prec"][1] == [0, 7, 14, 19, 27, 35, 43]
+    oneoff_predecessors = (0, 1, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 16, 18)
+    assert small0["prec"][52] == [50 + p for p in oneoff_predecessors]
 
 
-@pytest.mark.parametrize("old, new, line, expected", [
-    ("r 0 1 S 30 28 0", "r 0 1 X 30 28 0", 5, "<S|L>"),
-    ("r 1 1 L 20 30 1 0", "r 1 1 L 20 30 2 0", 6, "<#predecessors>"),
-    ("a 1 1 L 40 90 80 20 1 0", "a 1 1 L 40 90 80 20 1 7", 8, "<value>"),
-    ("c 0 0 30 40 0.81", "c 0 0 30 forty 0.81", 4, "<max power kW>"),
-    ("b 0 1 1", "x 0 1 1", 2, "ppoi, b, s, c, r or a"),
-    ("r 0 1 S 30 28 0", "r 0 1 S 30 40 0", 5, "<duration 1..32>"),
-])
-def test_parser_rejects_broken_copies(tmp_path, old, new, line, expected):
-    (tmp_path / "broken.txt").write_text(TINY.replace(old, new))
+@pytest.mark.parametrize(
+    "old, new, line, expected",
+    [
+        ("r 0 1 S 30 28 0", "r 0 1 X 30 28 0", 5, "<S|L>"),
+        ("r 1 1 L 20 30 1 0", "r 1 1 L 20 30 2 0", 6, "<#predecessors>"),
+        ("a 1 1 L 40 90 80 20 1 0", "a 1 1 L 40 90 80 20 1 7", 8, "<value>"),
+        ("c 0 0 30 40 0.81", "c 0 0 30 forty 0.81", 4, "<max power kW>"),
+        ("b 0 1 1", "x 0 1 1", 2, "ppoi, b, s, c, r or a"),
+        ("r 0 1 S 30 28 0", "r 0 1 S 30 40 0", 5, "<duration 1..32>"),
+    ],
+)
+def test_parser_rejects_broken_copies(tmp_path, csp_tiny_text, old, new, line, expected):
+    (tmp_path / "broken.txt").write_text(csp_tiny_text.replace(old, new))
     with pytest.raises(ValueError) as err:
         C.read_instance(tmp_path / "broken.txt")
     assert f"broken.txt:{line}: expected" in str(err.value) and expected in str(err.value)
 
 
-def test_parser_rejects_wrong_counts(tmp_path):
-    (tmp_path / "short.txt").write_text(TINY.replace("ppoi 1 1 1 2 2", "ppoi 1 1 1 2 3"))
+def test_parser_rejects_wrong_counts(tmp_path, csp_tiny_text):
+    (tmp_path / "short.txt").write_text(csp_tiny_text.replace("ppoi 1 1 1 2 2", "ppoi 1 1 1 2 3"))
     with pytest.raises(ValueError, match="short.txt: header"):
         C.read_instance(tmp_path / "short.txt")
 
 
 # ---------------------------------------------------------------- checker
-def test_checker_counts_known_violations(tmp_path):
-    inst, base, solar, price = tiny(tmp_path)
+def test_checker_counts_known_violations(tmp_path, csp_tiny):
+    inst, base, solar, price = csp_tiny(tmp_path)
     T = len(price)
     idle = np.full((1, T), C.IDLE, np.int8)
-    ok = ([0, 32 + 0], [T, T], idle)                 # r0 Monday 9:00, r1 Tuesday 9:00, no once-off
+    ok = ([0, 32 + 0], [T, T], idle)  # r0 Monday 9:00, r1 Tuesday 9:00, no once-off
     cost, bad = C.check_schedule(inst, base, solar, price, *ok)
     assert not any(bad.values())
     grid = base - solar
     grid[36:64] += 30
-    grid[96 + 36:96 + 66] += 20
-    assert cost == pytest.approx(0.25 / 1000 * price @ grid)
+    grid[96 + 36 : 96 + 66] += 20
+    assert cost == pytest.approx(C.SLOT_MWH_PER_KW * price @ grid)
     battery = idle.copy()
-    battery[0, :4] = C.DISCHARGE                        # 30 kWh, 10 per slot: the 4th slot goes to -10
+    battery[0, :4] = C.DISCHARGE  # 30 kWh, 10 per slot: the 4th slot goes to -10
     battery[0, 4] = C.CHARGE
     solar2 = solar.copy()
-    solar2[150] = 1000                                  # grid < 0 in one slot
+    solar2[150] = 1000  # grid < 0 in one slot
     _, bad = C.check_schedule(inst, base, solar2, price, [0, 2], [T - 80, 5], battery)
-    # r1 on Monday breaks precedence and shares the large room with a1 for 30 slots; a0 crosses midnight;
-    # a1 scheduled while its predecessor a0 is not (a0 invalid); battery below 0 once; grid < 0 once
+    # r1 on Monday breaks precedence and shares the large room with a1 for 30 slots; a0 crosses
+    # midnight; a1 scheduled while its predecessor a0 is not (a0 invalid); battery below 0 once;
+    # grid < 0 once
     assert bad == dict(start=1, rooms=30, precedence=2, battery=1, power=1, oneoff=0)
-    _, bad = C.check_schedule(inst, base, solar, price, [0, 32], [0, T], idle)  # a0 Monday 0:00-22:00 on r0's room
+    # a0 Monday 0:00-22:00 in r0's room
+    _, bad = C.check_schedule(inst, base, solar, price, [0, 32], [0, T], idle)
     assert bad["rooms"] == 28 and bad["precedence"] == 0
     _, bad = C.check_schedule(inst, base, solar, price, [0, 5 * 32], [T], idle)
-    assert bad["start"] == 1 and bad["oneoff"] == 1   # weekday 5 does not exist; one once-off missing
+    assert bad["start"] == 1 and bad["oneoff"] == 1  # weekday 5 does not exist; a once-off missing
 
 
 # ---------------------------------------------------------------- MIP against brute force
@@ -109,7 +87,7 @@ def test_battery_dispatch_equals_brute_force():
     rng = np.random.default_rng(0)
     for _ in range(5):
         c = rng.normal(0.01, 0.02, 8)
-        cap, m, eff = 20.0, 40.0, 0.81                  # 2 steps of 10 kWh
+        cap, m, eff = 20.0, 40.0, 0.81  # 2 steps of 10 kWh
         best = np.inf
         for seq in itertools.product([0, 1, 2], repeat=8):
             s = np.array(seq)
@@ -126,70 +104,81 @@ def brute_force(inst, base, solar, price):
     classes there (grid >= 0 cannot bind), by battery_dispatch (itself checked by brute force)."""
     T = len(price)
     rec = [[32 * d + o for d in range(2) for o in range(32 - dur + 1)] for dur in inst["dur"][:2]]
-    one = [[d * 96 + s for d in range(2) for s in range(96 - dur + 1)] + [T] for dur in inst["dur"][2:]]
+    one = [
+        [d * 96 + s for d in range(2) for s in range(96 - dur + 1)] + [T] for dur in inst["dur"][2:]
+    ]
     idle = np.full((1, T), C.IDLE, np.int8)
-    best = min(cost for r0, r1, a0, a1 in itertools.product(*rec, *one)
-               for cost, bad in [C.check_schedule(inst, base, solar, price, [r0, r1], [a0, a1], idle)]
-               if not any(bad.values()))
-    return best + C.battery_dispatch(0.25 / 1000 * price, inst["cap"][0], inst["m"][0], inst["eff"][0])[0]
+    costs = []
+    for r0, r1, a0, a1 in itertools.product(*rec, *one):
+        cost, bad = C.check_schedule(inst, base, solar, price, [r0, r1], [a0, a1], idle)
+        if not any(bad.values()):
+            costs.append(cost)
+    battery = C.battery_dispatch(
+        C.SLOT_MWH_PER_KW * price, inst["cap"][0], inst["m"][0], inst["eff"][0]
+    )
+    return min(costs) + battery[0]
 
 
-def test_mip_equals_brute_force(tmp_path):
-    inst, base, solar, price = tiny(tmp_path)
+def test_mip_equals_brute_force(tmp_path, csp_tiny):
+    inst, base, solar, price = csp_tiny(tmp_path)
     best = brute_force(inst, base, solar, price)
     label = C.solve(C.build_mip(inst, base, solar), price, gap=0.0, time_limit=60)
     assert label["objective"] == pytest.approx(best, abs=1e-6)
-    cost, bad = C.check_schedule(inst, base, solar, price, label["recurring_start"], label["oneoff_start"],
-                                 label["battery_state"])
+    decisions = [label[key] for key in C.DECISION_KEYS]
+    cost, bad = C.check_schedule(inst, base, solar, price, *decisions)
     assert not any(bad.values()) and cost == pytest.approx(best, abs=1e-6)
     assert label["gap"] <= 1e-9 and label["status"] == "optimal"
 
 
-def test_mip_refuses_where_grid_can_bind(tmp_path):
-    """The batteries separate from the classes only while grid >= 0 cannot bind; elsewhere build_mip says so."""
-    inst, base, solar, price = tiny(tmp_path)
+def test_mip_refuses_where_grid_can_bind(tmp_path, csp_tiny):
+    """The batteries separate from the classes only while grid >= 0 cannot bind; elsewhere
+    build_mip says so."""
+    inst, base, solar, price = csp_tiny(tmp_path)
     solar = solar.copy()
-    solar[40:60] = base[40:60] - 10                    # less headroom than the battery can discharge
+    solar[40:60] = base[40:60] - 10  # less headroom than the battery can discharge
     with pytest.raises(ValueError, match="can bind"):
         C.build_mip(inst, base, solar)
 
 
-def test_gurobi_backend_agrees_or_falls_back(tmp_path, capsys):
+def test_gurobi_backend_agrees_or_falls_back(tmp_path, csp_tiny):
     pytest.importorskip("gurobipy")
-    inst, base, solar, price = tiny(tmp_path)
-    mip = C.build_mip(inst, base, solar, "dp")
-    label = C.solve(mip, price, solver="gurobi", gap=0.0, time_limit=60)
-    assert label["objective"] == pytest.approx(C.solve(C.build_mip(inst, base, solar, "dp"), price, gap=0.0)["objective"])
+    inst, base, solar, price = csp_tiny(tmp_path)
+    label = C.solve(C.build_mip(inst, base, solar), price, solver="gurobi", gap=0.0, time_limit=60)
+    highs = C.solve(C.build_mip(inst, base, solar), price, gap=0.0)
+    assert label["objective"] == pytest.approx(highs["objective"])
 
 
 # ---------------------------------------------------------------- STL price scenarios
-def test_stl_scenarios_keep_trend_seasonal_and_contiguous_blocks(tmp_path):
-    _, _, _, price = tiny(tmp_path, days=4)
+def test_stl_scenarios_keep_trend_seasonal_and_contiguous_blocks(tmp_path, csp_tiny):
+    _, _, _, price = csp_tiny(tmp_path, days=4)
     parts = C.stl_parts(price)
     trend, seasonal, resid = parts
     assert np.allclose(trend + seasonal + resid, price)
     for block in (96, 30):
         scen, starts = C.price_scenario(parts, block, seed=3, index=7)
         noise = scen - trend - seasonal
-        for p, s in zip(range(0, len(price), block), starts):
+        for p, s in zip(range(0, len(price), block), starts, strict=True):
             n = min(block, len(price) - p)
-            assert np.allclose(noise[p:p + n], resid[s:s + n])      # each block is one contiguous piece
-            assert s % C.DAY == p % C.DAY                             # at the same time of day
+            assert np.allclose(
+                noise[p : p + n], resid[s : s + n]
+            )  # each block one contiguous piece
+            assert s % C.DAY == p % C.DAY  # at the same time of day
         assert np.array_equal(scen, C.price_scenario(parts, block, 3, 7)[0])
         assert not np.array_equal(scen, C.price_scenario(parts, block, 3, 8)[0])
 
 
 # ---------------------------------------------------------------- label generation resumes
-def test_labels_resume_without_duplicates(tmp_path):
-    inst, base, solar, price = tiny(tmp_path, days=3)
+def test_labels_resume_without_duplicates(tmp_path, csp_tiny):
+    inst, base, solar, price = csp_tiny(tmp_path, days=3)
     kw = dict(n=5, seed=4, workers=1, progress=False, gap=0.0, time_limit=30)
-    C.generate_labels(inst, base, solar, price, tmp_path / "a", limit=2, **kw)           # "killed" after 2
+    C.generate_labels(inst, base, solar, price, tmp_path / "a", limit=2, **kw)  # "killed" after 2
     assert len(list((tmp_path / "a").glob("label_*.npz"))) == 2
-    (tmp_path / "a" / ".tmp-label_00002.npz").write_bytes(b"torn")                        # a torn write
+    (tmp_path / "a" / ".tmp-label_00002.npz").write_bytes(b"torn")  # a torn write
     summary = C.generate_labels(inst, base, solar, price, tmp_path / "a", **kw)
-    C.generate_labels(inst, base, solar, price, tmp_path / "b", **kw)                     # uninterrupted
+    C.generate_labels(inst, base, solar, price, tmp_path / "b", **kw)  # uninterrupted
     assert summary["labels"] == 5 and summary["status"] == {"optimal": 5}
-    assert sorted(p.name for p in (tmp_path / "a").glob("label_*.npz")) == [f"label_{i:05d}.npz" for i in range(5)]
+    names = sorted(p.name for p in (tmp_path / "a").glob("label_*.npz"))
+    assert names == [f"label_{i:05d}.npz" for i in range(5)]
     for i in range(5):
         a, b = (C.load_label(tmp_path / d / f"label_{i:05d}.npz") for d in "ab")
         assert a["index"] == i
@@ -199,41 +188,64 @@ def test_labels_resume_without_duplicates(tmp_path):
         C.generate_labels(inst, base, solar, price, tmp_path / "a", **{**kw, "seed": 5})
 
 
+def test_labels_resume_a_folder_that_names_the_retired_battery_setting(tmp_path, csp_tiny):
+    """Label folders made while a `battery` setting existed ("auto" or "dp", the same labels)
+    resume; its config.json then no longer names it."""
+    inst, base, solar, price = csp_tiny(tmp_path, days=3)
+    kw = dict(n=1, seed=4, workers=1, progress=False, gap=0.0, time_limit=30)
+    C.generate_labels(inst, base, solar, price, tmp_path / "a", **kw)
+    config_path = tmp_path / "a" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "battery": "auto"}))
+    assert (
+        C.generate_labels(inst, base, solar, price, tmp_path / "a", **{**kw, "n": 2})["labels"] == 2
+    )
+    assert json.loads(config_path.read_text()) == config
+
+
 # ---------------------------------------------------------------- the real data
 def thesis_schedule(folder, inst):
-    """The thesis' Gurobi solution (thesis_mip_results/small_i) in decision form, for check_schedule."""
+    """The thesis' Gurobi solution (thesis_mip_results/small_i) in decision form."""
     starts = np.full(len(inst["dur"]), C.DAY * inst["days"])
     for line in (Path(folder) / "Schedule.txt").read_text().splitlines():
-        a, d, hhmm = int(line.split()[1][1:-1]), int(line.split()[3]) - 1, line.split()[4].split("-")[0]
-        slot = 4 * int(hhmm.split(":")[0]) + int(hhmm.split(":")[1]) // 15
+        fields = line.split()
+        a = int(fields[1][1:-1])
+        d = int(fields[3]) - 1
+        hours, minutes = fields[4].split("-")[0].split(":")
+        slot = 4 * int(hours) + int(minutes) // 15
         starts[a] = C.WEEK_OPTIONS * d + slot - C.NINE if a < inst["n_rec"] else d * C.DAY + slot
-    soc = [[float(v) for row in (Path(folder) / f"Battery_{b}_Storage.txt").read_text().splitlines()
-            for v in row.split(":")[1].split()] for b in range(len(inst["cap"]))]
-    step = np.round(np.diff(np.c_[inst["cap"], soc], axis=1) / (0.25 * inst["m"][:, None])).astype(int)
+    soc = []
+    for b in range(len(inst["cap"])):
+        rows = (Path(folder) / f"Battery_{b}_Storage.txt").read_text().splitlines()
+        soc.append([float(v) for row in rows for v in row.split(":")[1].split()])
+    step = np.diff(np.c_[inst["cap"], soc], axis=1) / (C.SLOT_HOURS * inst["m"][:, None])
+    step = np.round(step).astype(int)
     states = np.select([step > 0, step < 0], [C.CHARGE, C.DISCHARGE], C.IDLE).astype(np.int8)
-    return starts[:inst["n_rec"]], starts[inst["n_rec"]:], states
+    return starts[: inst["n_rec"]], starts[inst["n_rec"] :], states
 
 
-@needs_data
-def test_series_and_thesis_schedule_price_as_the_thesis():
-    price = C.read_price(SHARED)
-    base, solar = C.read_loads(SHARED)
+def test_series_and_thesis_schedule_price_as_the_thesis(csp_data):
+    price = C.read_price(csp_data)
+    base, solar = C.read_loads(csp_data)
     assert price.shape == base.shape == solar.shape == (2880,) and (price[::2] == price[1::2]).all()
-    raw = [r.split(",") for r in (SHARED / "thesis_inputs/Forecasts-sample.csv").read_text().split()]
+    forecasts = (csp_data / "thesis_inputs/Forecasts-sample.csv").read_text().split()
+    raw = [r.split(",") for r in forecasts]
     raw_base = sum(np.array(r[1:], float) for r in raw if r[0].startswith("Building"))
     assert np.allclose(base[44:], raw_base[:-44]) and np.allclose(base[:44], raw_base[52:96])
-    inst = C.read_instance(SHARED / "instances/phase2_instance_small_0.txt")
-    cost, bad = C.check_schedule(inst, base, solar, price, *thesis_schedule(SHARED / "thesis_mip_results/small_0", inst))
+    inst = C.read_instance(csp_data / "instances/phase2_instance_small_0.txt")
+    schedule = thesis_schedule(csp_data / "thesis_mip_results/small_0", inst)
+    cost, bad = C.check_schedule(inst, base, solar, price, *schedule)
     assert not any(bad.values()) and cost == pytest.approx(C.THESIS_SMALL0, abs=0.005)
 
 
-@needs_data
-def test_actual_loads_are_the_real_november_values():
-    base, solar = C.read_loads(SHARED, "actual")
-    assert base.shape == solar.shape == (2880,) and np.isfinite(base).all() and np.isfinite(solar).all()
-    forecast, _ = C.read_loads(SHARED)
+def test_actual_loads_are_the_real_november_values(csp_data):
+    base, solar = C.read_loads(csp_data, "actual")
+    assert base.shape == solar.shape == (2880,)
+    assert np.isfinite(base).all() and np.isfinite(solar).all()
+    forecast, _ = C.read_loads(csp_data)
     assert not np.allclose(base, forecast) and 0.5 < base.mean() / forecast.mean() < 2
-    assert (base - solar).min() > 115.6      # grid >= 0 cannot bind: the two batteries discharge at most 115.6 kW
+    # grid >= 0 cannot bind: the two batteries discharge at most 115.6 kW
+    assert (base - solar).min() > 115.6
 
 
 def test_cli_help_and_shard_errors(capsys):

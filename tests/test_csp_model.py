@@ -1,4 +1,6 @@
-"""CSP networks (issue 5): battery rebuild, the LDF term and its gradient, repaired decodes, a tiny FC -> LDF run."""
+"""CSP networks (issue 5): battery rebuild, the LDF term and its gradient, repaired decodes, a tiny
+FC -> LDF run. Fixtures (csp_data, csp_tiny): conftest.py."""
+
 import os
 import subprocess
 import sys
@@ -10,66 +12,76 @@ import torch
 
 import csp_ldf as C
 from bench.csp_inference import conv1d_net
-from test_csp_data import SHARED, needs_data, tiny
 
-TINY_ARCH = ["--conv", "4,4,4", "--kernels", "3,3,3", "--pool", "8", "--mixer", "16,16", "--head", "8,8",
-             "--batch-size", "4", "--torch-threads", "1"]
+TINY_ARCH = "--conv 4,4,4 --kernels 3,3,3 --pool 8 --mixer 16,16 --head 8,8".split()
+TINY_TRAINING = ["--batch-size", "4", "--torch-threads", "1"]
 
 
 @pytest.fixture(scope="module")
-def ds(tmp_path_factory):
-    """Eight solver labels of the tiny instance over one week (Monday first), a one-off with a predecessor."""
+def ds(tmp_path_factory, csp_tiny):
+    """Eight solver labels of the tiny instance over one week (Monday first), a one-off with a
+    predecessor."""
     tmp = tmp_path_factory.mktemp("tiny")
-    inst, base, solar, price = tiny(tmp, days=7)
-    C.generate_labels(inst, base, solar, price, tmp / "labels", n=8, seed=1, workers=1, progress=False,
-                      gap=0.0, time_limit=30)
-    return dict(C.load_dataset(inst, base, solar, tmp / "labels", seed=0), folder=tmp / "labels")
+    inst, base, solar, price = csp_tiny(tmp, days=7)
+    solve_kw = dict(gap=0.0, time_limit=30)
+    labels = tmp / "labels"
+    C.generate_labels(
+        inst, base, solar, price, labels, n=8, seed=1, workers=1, progress=False, **solve_kw
+    )
+    return dict(C.load_dataset(inst, base, solar, labels, seed=0), folder=labels)
 
 
 def test_splits_stay_put_as_labels_grow_and_leaks_are_refused(ds, tmp_path):
-    """A scenario's split follows from its index and the seed; a checkpoint trained on test scenarios is refused."""
+    """A scenario's split follows from its index and the seed; a checkpoint trained on test
+    scenarios is refused."""
     label = dict(np.load(ds["folder"] / "label_00000.npz"))
-    for i in range(80):                                  # 80 copies of one label under scenario indices 0..79
+    for i in range(80):  # 80 copies of one label under scenario indices 0..79
         np.savez(tmp_path / f"label_{i:05d}.npz", **{**label, "index": np.array(i)})
 
     def split(limit):
         d = C.load_dataset(ds["inst"], ds["base"], ds["solar"], tmp_path, limit=limit)
         return {int(d["index"][r]): k for k, rows in d["split"].items() for r in rows}
 
-    some, more = split(40), split(None)
+    some = split(40)
+    more = split(None)
     assert len(some) == 40 and len(more) == 80 and all(more[i] == k for i, k in some.items())
-    assert 4 <= sum(k == "test" for k in more.values()) <= 14 and 4 <= sum(k == "val" for k in more.values()) <= 14
-    torch.save(dict(scenarios=dict(train=list(range(8)))), tmp_path / "leaky.pt")
-    args = C.parse_args(["--pretrained", str(tmp_path / "leaky.pt"), "--run-dir", str(tmp_path / "run")])
+    assert 4 <= sum(k == "test" for k in more.values()) <= 14
+    assert 4 <= sum(k == "val" for k in more.values()) <= 14
+    torch.save(dict(model={}, scenarios=dict(train=list(range(8)))), tmp_path / "leaky.pt")
+    run_dir = tmp_path / "run"
+    args = C.parse_args(["--pretrained", str(tmp_path / "leaky.pt"), "--run-dir", str(run_dir)])
     with pytest.raises(SystemExit, match="validation/test scenarios"):
-        C.train(args, ds, tmp_path / "run")
+        C.train(args, ds, run_dir)
 
 
 def test_battery_rebuild_equals_checker_and_nu_is_zero_on_labels(ds):
     inst = ds["inst"]
-    onehot = torch.nn.functional.one_hot(torch.as_tensor(ds["bat"]), 3).double()
+    onehot = torch.nn.functional.one_hot(torch.as_tensor(ds["battery_state"]), 3).double()
     charge = C.battery_charge(onehot, torch.as_tensor(inst["cap"]), torch.as_tensor(inst["m"]))
     for i in range(len(ds["price"])):
-        det = {}
-        C.check_schedule(inst, ds["base"], ds["solar"], ds["price"][i], ds["rec"][i], ds["one"][i], ds["bat"][i], detail=det)
-        assert np.allclose(charge[i].numpy(), det["charge"])
-    assert (ds["bat"] != C.IDLE).any()                   # the labels do use the battery
-    logits = 10.0 * onehot                               # argmax = the label's states
-    assert torch.equal(C.battery_violation(logits, inst), torch.zeros(len(logits), dtype=logits.dtype))
+        detail = {}
+        decisions = [ds[key][i] for key in C.DECISION_KEYS]
+        C.check_schedule(inst, ds["base"], ds["solar"], ds["price"][i], *decisions, detail=detail)
+        assert np.allclose(charge[i].numpy(), detail["charge"])
+    assert (ds["battery_state"] != C.IDLE).any()  # the labels do use the battery
+    logits = 10.0 * onehot  # argmax = the label's states
+    zeros = torch.zeros(len(logits), dtype=logits.dtype)
+    assert torch.equal(C.battery_violation(logits, inst), zeros)
 
 
 def test_ldf_term_positive_on_bad_schedule_and_gradient_reaches_logits(ds):
-    inst, T = ds["inst"], ds["price"].shape[1]
+    inst = ds["inst"]
+    T = ds["price"].shape[1]
     logits = 0.01 * torch.randn(3, 1, T, 3, dtype=torch.float64)
-    logits[0, 0, :, C.DISCHARGE] += 0.2                  # discharge all week: far below 0
-    logits[1, 0, :, C.CHARGE] += 0.2                     # charge a full battery: above capacity
-    logits[2, 0, :, C.IDLE] += 0.2                       # idle: feasible
+    logits[0, 0, :, C.DISCHARGE] += 0.2  # discharge all week: far below 0
+    logits[1, 0, :, C.CHARGE] += 0.2  # charge a full battery: above capacity
+    logits[2, 0, :, C.IDLE] += 0.2  # idle: feasible
     logits.requires_grad_(True)
     nu = C.battery_violation(logits, inst)
     assert (nu[:2] > 1).all() and nu[2] == 0
-    nu.sum().backward()                                  # the surrogate (eq. 16) reaches the battery logits
+    nu.sum().backward()  # the surrogate (eq. 16) reaches the battery logits
     assert torch.isfinite(logits.grad).all() and (logits.grad[:2].abs().sum((1, 2, 3)) > 0).all()
-    assert (logits.grad[:1, 0, :, C.DISCHARGE] > 0).any()   # raising discharge logits would raise nu
+    assert (logits.grad[:1, 0, :, C.DISCHARGE] > 0).any()  # raising discharge logits raises nu
 
 
 def test_repaired_decodes_of_random_outputs_pass_the_checker(ds):
@@ -78,41 +90,56 @@ def test_repaired_decodes_of_random_outputs_pass_the_checker(ds):
     model = C.make_model(ds, cfg)
     x = torch.randn(12, 3, ds["price"].shape[1])
     out = C.predict(model, x)
-    for scale in (1.0, 30.0):                           # near-uniform and confident random outputs
+    for scale in (1.0, 30.0):  # near-uniform and confident random outputs
         noisy = {k: v + scale * torch.randn_like(v) for k, v in out.items()}
-        noisy = {**noisy, "rec": noisy["rec"].masked_fill(~model.mask_rec, C.NEG),
-                 "one": noisy["one"].masked_fill(~model.mask_one, C.NEG)}
+        noisy["recurring_start"] = noisy["recurring_start"].masked_fill(~model.mask_rec, C.NEG)
+        noisy["oneoff_start"] = noisy["oneoff_start"].masked_fill(~model.mask_one, C.NEG)
         rows = np.arange(12) % len(ds["price"])
-        *rep, fell = C.repaired_decode(noisy, ds)
-        for j, i in enumerate(rows):                     # the checker itself: zero violations
-            _, bad = C.check_schedule(ds["inst"], ds["base"], ds["solar"], ds["price"][i], *(r[j] for r in rep))
+        *repaired, fell_back = C.repaired_decode(noisy, ds)
+        for j, i in enumerate(rows):  # the checker itself: zero violations
+            decisions = [r[j] for r in repaired]
+            _, bad = C.check_schedule(
+                ds["inst"], ds["base"], ds["solar"], ds["price"][i], *decisions
+            )
             assert not any(bad.values()), bad
-        res = C.evaluate_schedules(ds, rows, rep)
-        assert res["feasible_pct"] == 100 and not fell.any()
+        res = C.evaluate_schedules(ds, rows, repaired)
+        assert res["feasible_pct"] == 100 and not fell_back.any()
         assert all(v["pct_max"] == 0 for v in res["fam"].values())
         raw = C.evaluate_schedules(ds, rows, C.raw_decode(noisy))
-        assert raw["fam"]["min or capacity"]["pct_mean"] > 0 and raw["feasible_pct"] < 100   # raw does violate
+        assert raw["fam"]["min or capacity"]["pct_mean"] > 0  # raw does violate
+        assert raw["feasible_pct"] < 100
 
 
 def test_tiny_fc_then_ldf_end_to_end(ds, tmp_path, capsys, monkeypatch):
-    clipped, clip = [], torch.nn.utils.clip_grad_norm_
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, n: clipped.append(n) or clip(p, n))
-    fc = C.parse_args(["--model", "fc", "--epochs", "2", "--run-dir", str(tmp_path / "fc"), "--save",
-                       str(tmp_path / "fc.pt")] + TINY_ARCH)
+    clipped = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(parameters, max_norm):
+        clipped.append(max_norm)
+        return clip(parameters, max_norm)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    fc_dir = ["--run-dir", str(tmp_path / "fc"), "--save", str(tmp_path / "fc.pt")]
+    fc = C.parse_args(["--model", "fc", "--epochs", "2", *fc_dir, *TINY_ARCH, *TINY_TRAINING])
     r = C.run(fc, ds)
     assert (tmp_path / "fc.pt").exists() and (tmp_path / "fc" / "last.pt").exists()
     ck = torch.load(tmp_path / "fc.pt", weights_only=False)
     assert ck["config"]["model"] == "fc" and ck["config"]["head"] == (8, 8) and "mean" in ck["norm"]
-    steps = 2 * len(range(0, len(ds["split"]["train"]) - 1, 4))                     # 2 epochs, batch 4
-    assert r["fc"]["repaired"]["feasible_pct"] == 100 and clipped and clipped == [1.0] * steps   # every step clipped
-    ldf = C.parse_args(["--pretrained", str(tmp_path / "fc.pt"), "--epochs", "2", "--run-dir", str(tmp_path / "ldf"),
-                        "--save", str(tmp_path / "ldf.pt"), "--step", "1", "--torch-threads", "1"])
+    steps = 2 * len(range(0, len(ds["split"]["train"]) - 1, 4))  # 2 epochs, batch 4
+    assert r["fc"]["repaired"]["feasible_pct"] == 100
+    assert clipped and clipped == [1.0] * steps  # every step clipped
+    ldf_dir = ["--run-dir", str(tmp_path / "ldf"), "--save", str(tmp_path / "ldf.pt")]
+    pretrained = ["--pretrained", str(tmp_path / "fc.pt")]
+    ldf = C.parse_args(
+        [*pretrained, "--epochs", "2", *ldf_dir, "--step", "1", "--torch-threads", "1"]
+    )
     assert ldf.model == "ldf" and ldf.lr == 1e-3 and ldf.step == 1 and ldf.max_grad_norm == 1.0
     r = C.run(ldf, ds)
     ck = torch.load(tmp_path / "ldf" / "last.pt", weights_only=False)
-    assert ck["config"]["head"] == (8, 8) and ck["state"]["epoch"] == 2 and ck["state"]["multiplier"] > 0
+    assert ck["config"]["head"] == (8, 8)
+    assert ck["state"]["epoch"] == 2 and ck["state"]["multiplier"] > 0
     assert r["ldf"]["repaired"]["feasible_pct"] == 100
-    ldf.epochs = 3                                       # resume: one more epoch from last.pt
+    ldf.epochs = 3  # resume: one more epoch from last.pt
     C.run(ldf, ds)
     assert "resuming" in capsys.readouterr().out
     assert torch.load(tmp_path / "ldf" / "last.pt", weights_only=False)["state"]["epoch"] == 3
@@ -120,27 +147,43 @@ def test_tiny_fc_then_ldf_end_to_end(ds, tmp_path, capsys, monkeypatch):
 
 
 def test_conv2d_features_are_the_thesis_conv1d_and_bf16_inference_agrees(ds):
-    """The (1, k) Conv2d on a channels-last input is the thesis' Conv1d stack; --bf16 inference moves few argmaxes."""
+    """The (1, k) Conv2d on a channels-last input is the thesis' Conv1d stack; --bf16 inference
+    moves few argmaxes."""
     torch.manual_seed(0)
-    model = C.CSPNet(ds["inst"], ds["price"].shape[1], conv=(8, 16, 8), kernels=(8, 5, 3), pool=4,
-                     mixer=(32, 32), head=(16, 16)).eval()
-    for bn in (m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))):
-        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)      # batch norm that does something
+    arch = dict(conv=(8, 16, 8), kernels=(8, 5, 3), pool=4, mixer=(32, 32), head=(16, 16))
+    model = C.CSPNet(ds["inst"], ds["price"].shape[1], **arch).eval()
+    batch_norms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)
+    for bn in (m for m in model.modules() if isinstance(m, batch_norms)):
+        bn.running_mean.uniform_(-1, 1)  # batch norm that does something
+        bn.running_var.uniform_(0.5, 2)
     x = torch.randn(6, 3, ds["price"].shape[1])
-    with torch.no_grad():                   # bench/csp_inference.py's copy with nn.Conv1d / BatchNorm1d / MaxPool1d
+    with torch.no_grad():  # bench/csp_inference.py's copy with Conv1d / BatchNorm1d / MaxPool1d
         torch.testing.assert_close(model(x), conv1d_net(model)(x), rtol=1e-4, atol=1e-4)
-    full, half = C.predict(model, x), C.predict(model.bfloat16(), x)
+    full = C.predict(model, x)
+    half = C.predict(model.bfloat16(), x)
     assert all(half[k].dtype == torch.float32 for k in half)
-    assert (full["bat"].argmax(-1) == half["bat"].argmax(-1)).float().mean() > 0.9
+    agree = full["battery_state"].argmax(-1) == half["battery_state"].argmax(-1)
+    assert agree.float().mean() > 0.9
 
 
-@needs_data
-@pytest.mark.parametrize("bench", [["csp_heads.py", "--head", "8,8", "--mixer", "16,16", "--batch", "4"],
-                                   ["csp_inference.py", "--batch", "2", "--threads", "1"]])
-def test_benchmarks_run(bench):
-    """The CSP benchmarks run end to end at small sizes (their figures are read, not asserted: machines are noisy)."""
+@pytest.mark.parametrize(
+    "bench",
+    [
+        ["csp_heads.py", "--head", "8,8", "--mixer", "16,16", "--batch", "4"],
+        ["csp_inference.py", "--batch", "2", "--threads", "1"],
+    ],
+)
+def test_benchmarks_run(bench, csp_data):
+    """The CSP benchmarks run end to end at small sizes (their figures are read, not asserted:
+    machines are noisy)."""
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, str(root / "bench" / bench[0]), "--reps", "1", *bench[1:]], cwd=root,
-                         env={**os.environ, "CSP_DATA_DIR": str(SHARED)}, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(root / "bench" / bench[0]), "--reps", "1", *bench[1:]],
+        cwd=root,
+        env={**os.environ, "CSP_DATA_DIR": str(csp_data)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "speed-up" in out.stdout

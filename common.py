@@ -7,10 +7,12 @@ approximation ratio (AR) or by the *mu-loss* (label loss + mu * violation).
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import random
+import sys
 import tempfile
 import time
 
@@ -58,6 +60,26 @@ def remove_stale_temporaries(folder, older_than_seconds=0.0):
                 os.remove(path)
             except FileNotFoundError:
                 pass
+
+
+@contextlib.contextmanager
+def folder_lock(folder, what="this folder"):
+    """Hold an exclusive lock on `folder` (a .lock file in it) for the block: a second run on the
+    same folder waits, saying so, instead of doing the same work twice. The lock goes with the
+    process, so a killed run never leaves the folder locked."""
+    import fcntl
+
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".lock"), "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another run that is using {what} ({folder})", file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def set_threads(threads=None):

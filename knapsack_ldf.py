@@ -486,7 +486,11 @@ def make_labels(w, v, capacity, folder, solver, workers, chunk=LABEL_CHUNK):
     """Exact labels, solved in chunks by worker processes; each chunk is written atomically with
     the fingerprint of its instances, so an interrupted run resumes where it stopped and a file
     from other instances is refused. Returns x (S, n), optimal values, seconds per instance."""
-    os.makedirs(folder, exist_ok=True)
+    with common.folder_lock(folder, "these labels"):
+        return solve_missing_chunks(w, v, capacity, folder, solver, workers, chunk)
+
+
+def solve_missing_chunks(w, v, capacity, folder, solver, workers, chunk):
     common.remove_stale_temporaries(folder)
     chunks = [(lo, min(lo + chunk, len(w))) for lo in range(0, len(w), chunk)]
 
@@ -1160,6 +1164,12 @@ def tradeoff(folder):
 
 def run(args, data):
     """Train one model, keep its selected checkpoint as <out>/<model>.pt, report and plot."""
+    with common.folder_lock(args.out, "this output folder"):
+        return train_and_report(args, data)
+
+
+def train_and_report(args, data):
+    common.remove_stale_temporaries(args.out)
     state, selected = train(args, data, args.out)
     if not os.path.exists(selected):
         raise SystemExit(f"no checkpoint was selected in {args.out} (stopped: {state['stopped']})")

@@ -122,3 +122,33 @@ def test_resume_names_the_settings_that_changed(tmp_path):
     with pytest.raises(SystemExit, match=r"other settings \(k, lr\).*--fresh"):
         ks.main(tiny(tmp_path, "--out", str(out), "--lr", "1e-3", "--k", "5"))
     assert np.isfinite(common.load_checkpoint(out / "last.pt")["multiplier"])
+
+
+def test_two_runs_on_one_label_folder_solve_each_chunk_once(tmp_path):
+    """While one run holds the label folder, a second one waits; it then finds every chunk solved
+    and solves nothing itself."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "labels"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "import knapsack_ldf as ks\n"
+        "w, v, c = ks.make_instances(40, 300, seed=2)\n"
+        f"ks.make_labels(w, v, c, {str(folder)!r}, 'ortools', 1, chunk=100)\n"
+        "print('done')\n"
+    )
+    w, v, capacity = ks.make_instances(40, 300, seed=2)
+    with common.folder_lock(folder):
+        second = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=root,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert "waiting for another run" in second.stderr.readline()
+        ks.solve_missing_chunks(w, v, capacity, folder, "ortools", 1, 100)
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 0 and out.strip() == "done", err
+    assert "labels (ortools)" not in err  # it solved nothing

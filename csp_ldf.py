@@ -21,12 +21,14 @@ thesis dropped the 0.25).
 import argparse
 import copy
 import datetime
+import hashlib
 import io
 import json
 import math
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -73,24 +75,59 @@ THESIS_SMALL0 = 16530.94  # thesis_mip_results/small_0/Info.txt, Gurobi, 1% gap
 
 
 # ================================================================ 4.1 instances and time series
+class InputError(ValueError):
+    """A data file that is missing, malformed or out of range; the message names the file and the
+    line (or row and column) and what was expected. main() prints it without a traceback."""
+
+
+# ---- ranges of the inputs
+PRICE_FLOOR = -1000.0  # $/MWh: the NEM market price floor (VIC1 November 2020: -191.13 .. 296.47)
+PRICE_CAP = 15000.0  # $/MWh: the NEM market price cap of 2020-21
+MAX_SERIES_KW = 1e5  # kW per building or solar series (the challenge's largest value: 8,556 kW)
+MAX_BATTERY_LEVELS = 10_000  # charge levels capacity / (0.25 h x max power) of battery_dispatch
+PRICE_FILE = "price/PRICE_AND_DEMAND_202011_VIC1.csv"
+PRICE_HEADER = "REGION,SETTLEMENTDATE,TOTALDEMAND,RRP,PERIODTYPE"
+PRICE_STAMP = "%Y/%m/%d %H:%M:%S"
+HALF_HOUR = datetime.timedelta(minutes=30)
+NOVEMBER_START_AEDT = datetime.datetime(2020, 11, 1)  # the price file's stamps are AEDT
+FORECAST_FILE = "thesis_inputs/Forecasts-sample.csv"
+ACTUAL_FILE = "energy_tsf/nov_data.tsf"
+TSF_STAMP = "%Y-%m-%d %H-%M-%S"
+SERIES_KINDS = ("Building", "Solar")  # base load: the Building* series; solar: the Solar* ones
+
+
 def find_data_dir(arg=None):
-    """--data-dir, then $CSP_DATA_DIR, then data/ieee_cis/, then ../shared/data/ieee_cis/
-    (the last two relative to this file)."""
+    """--data-dir, else $CSP_DATA_DIR, else data/ieee_cis/ or ../shared/data/ieee_cis/ (relative
+    to this file). A folder named by --data-dir or $CSP_DATA_DIR must hold instances/: it is never
+    replaced by another one."""
     here = Path(__file__).resolve().parent
-    candidates = [
-        arg,
-        os.environ.get("CSP_DATA_DIR"),
-        here / "data/ieee_cis",
-        here.parent / "shared/data/ieee_cis",
-    ]
-    for folder in candidates:
-        if folder and (Path(folder) / "instances").is_dir():
+    named = [("--data-dir", arg), ("$CSP_DATA_DIR", os.environ.get("CSP_DATA_DIR"))]
+    for source, folder in named:
+        if folder:
+            if not (Path(folder) / "instances").is_dir():
+                raise SystemExit(
+                    f"{source} {folder}: no instances/ folder there; expected the IEEE-CIS 3rd "
+                    "Technical Challenge data (instances/, price/, thesis_inputs/, energy_tsf/)"
+                )
             return Path(folder)
+    for folder in (here / "data/ieee_cis", here.parent / "shared/data/ieee_cis"):
+        if (folder / "instances").is_dir():
+            return folder
     raise SystemExit(
         "CSP data not found (--data-dir, $CSP_DATA_DIR, data/ieee_cis/, ../shared/data/ieee_cis/): "
         "get the IEEE-CIS 3rd Technical Challenge data; "
         "../shared/data/ieee_cis/README.md has the layout"
     )
+
+
+def read_lines(path, what):
+    """The lines of a text file; InputError naming the file when it is missing or not text."""
+    try:
+        return Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file ({what})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read {what} ({err})") from None
 
 
 # Per line tag: the types of the fields after the tag ('i' int, 'f' float, 'S' room size S|L;
@@ -117,29 +154,48 @@ HEADER_FIELDS = ("buildings", "solar", "batteries", "recurring", "oneoff")
 CLASS_FIELDS = ("oneoff", "rooms", "large", "load", "dur", "value", "penalty")
 
 
-def _require(condition):
-    """A broken line: read_instance reports it with the line's expected form."""
+class _BrokenLine(ValueError):
+    """A line of an instance file that read_instance reports with its expected form."""
+
+
+def _require(condition, why=None):
+    """A broken line: read_instance reports it with the line's expected form and `why`."""
     if not condition:
-        raise ValueError
+        raise _BrokenLine(why)
 
 
 def _parse_field(kind, text):
     if kind == "i":
         return int(text)
     if kind == "f":
-        return float(text)
+        value = float(text)
+        _require(math.isfinite(value), f"{text} is not a finite number")
+        return value
     return "SL".index(text)  # room size: 0 small, 1 large
 
 
 def read_instance(path):
-    """Parse a `ppoi` file (classes: the recurring ones, then the once-off ones); an error names
-    the file, the line and the form it expected."""
+    """Parse a `ppoi` file (classes: the recurring ones, then the once-off ones). Every number is
+    checked (finite, in range, known building, battery and class ids, counts as the header says);
+    an InputError names the file, the line and the form it expected."""
     path = Path(path)
     header = None
     rooms = np.zeros(2, int)  # small and large rooms over all buildings
-    batteries = []  # (capacity, max power, efficiency)
+    buildings = set()
+    solar_ids = set()
+    batteries = {}  # battery id -> (capacity, max power, efficiency)
     classes = []
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+    where = {}  # ("b" | "s" | "c" | "class", id) -> (line number, line)
+    building_refs = []  # (line number, line, form, building id) of the s and c lines
+    lines = read_lines(path, "an instance file")
+
+    def broken(line_no, why, form=None):
+        form = form or LINE_FORMAT.get(lines[line_no - 1].split()[0], (None, UNKNOWN_LINE))[1]
+        text = lines[line_no - 1].strip()
+        reason = f" ({why})" if why else ""
+        return InputError(f"{path}:{line_no}: expected '{form}', got {text!r}{reason}")
+
+    for line_no, line in enumerate(lines, 1):
         fields = line.split()
         if not fields:
             continue
@@ -147,37 +203,66 @@ def read_instance(path):
         types, form = LINE_FORMAT.get(tag, (None, UNKNOWN_LINE))
         try:
             _require(types is not None)
-            _require((header is None) == (tag == "ppoi"))  # the header first, and once
+            _require(header is not None or tag == "ppoi", "the 'ppoi' header must come first")
+            _require(header is None or tag != "ppoi", "a second 'ppoi' header")
             n_fixed = len(types.rstrip("*"))
-            _require(len(fields) > n_fixed)
+            _require(len(fields) > n_fixed, "too few fields")
             kinds_and_texts = zip(types[:n_fixed], fields[1 : 1 + n_fixed], strict=True)
             values = [_parse_field(kind, text) for kind, text in kinds_and_texts]
             predecessors = [int(x) for x in fields[1 + n_fixed :]]
             n_predecessors = values[-1] if types.endswith("*") else 0
-            _require(len(predecessors) == n_predecessors)
+            _require(len(predecessors) == n_predecessors, "not as many predecessor ids as said")
             if tag == "ppoi":
+                _require(min(values) >= 0, "counts must be >= 0")
                 header = dict(zip(HEADER_FIELDS, values, strict=True))
             elif tag == "b":
-                rooms += values[1:]
+                building, small, large = values
+                _require(building >= 0 and building not in buildings, "a new building id >= 0")
+                _require(small >= 0 and large >= 0, "room counts must be >= 0")
+                buildings.add(building)
+                rooms += (small, large)
+            elif tag == "s":
+                solar_id, building = values
+                _require(solar_id >= 0 and solar_id not in solar_ids, "a new solar id >= 0")
+                solar_ids.add(solar_id)
+                building_refs.append((line_no, form, building))
             elif tag == "c":
-                capacity, power, efficiency = values[2:]
-                _require(capacity > 0 and power > 0 and 0 < efficiency <= 1)
-                batteries.append(values[2:])
+                battery, building, capacity, power, efficiency = values
+                in_range = 0 <= battery < header["batteries"] and battery not in batteries
+                _require(in_range, f"a new battery id in 0..{header['batteries'] - 1}")
+                _require(capacity > 0 and power > 0, "capacity and max power must be > 0")
+                _require(0 < efficiency <= 1, "efficiency must be in (0, 1]")
+                levels = capacity / (SLOT_HOURS * power)
+                _require(
+                    levels <= MAX_BATTERY_LEVELS,
+                    f"capacity / (0.25 h x max power) = "
+                    f"{levels:.4g} charge levels, at most {MAX_BATTERY_LEVELS}",
+                )
+                batteries[battery] = (capacity, power, efficiency)
+                building_refs.append((line_no, form, building))
             elif tag in ("r", "a"):
                 recurring = tag == "r"
                 class_id, n_rooms, large, load, duration = values[:5]
+                n_rec = header["recurring"]
                 if recurring:
-                    _require(class_id == len(classes))
-                    _require(1 <= duration <= WEEK_OPTIONS)
-                    n_of_kind = header["recurring"]
+                    _require(class_id == len(classes), f"recurring ids 0..{n_rec - 1} in order")
+                    _require(1 <= duration <= WEEK_OPTIONS, "duration out of range")
+                    n_of_kind = n_rec
                     first_id = 0
                 else:
-                    _require(class_id == len(classes) - header["recurring"])
-                    _require(1 <= duration <= DAY)
+                    expected_id = len(classes) - n_rec
+                    _require(len(classes) >= n_rec, "the once-off classes follow the recurring")
+                    _require(class_id == expected_id, "once-off ids 0, 1, ... in order")
+                    _require(1 <= duration <= DAY, "duration out of range")
                     n_of_kind = header["oneoff"]
-                    first_id = header["recurring"]  # one-off ids count from 0 among themselves
-                _require(n_rooms > 0)
-                _require(all(0 <= p < n_of_kind and p != class_id for p in predecessors))
+                    first_id = n_rec  # one-off ids count from 0 among themselves
+                    value, penalty = values[5:7]
+                    _require(value >= 0 and penalty >= 0, "value and penalty must be >= 0")
+                _require(n_rooms > 0, "#rooms must be > 0")
+                _require(load >= 0, "the load must be >= 0 kW")
+                known = all(0 <= p < n_of_kind and p != class_id for p in predecessors)
+                _require(known, f"predecessor ids in 0..{n_of_kind - 1}, not the class itself")
+                where[first_id + class_id] = line_no
                 classes.append(
                     dict(
                         oneoff=not recurring,
@@ -190,20 +275,37 @@ def read_instance(path):
                         prec=[first_id + p for p in predecessors],
                     )
                 )
-        except (ValueError, IndexError):
-            raise ValueError(f"{path}:{line_no}: expected '{form}', got {line.strip()!r}") from None
-    if (
-        header is None
-        or len(batteries) != header["batteries"]
-        or len(classes) != header["recurring"] + header["oneoff"]
-    ):
-        raise ValueError(
-            f"{path}: header 'ppoi ...' missing or not matching "
-            f"{len(batteries)} c, {len(classes)} r/a lines"
-        )
+        except (_BrokenLine, ValueError, IndexError) as err:
+            why = err.args[0] if isinstance(err, _BrokenLine) else None
+            raise broken(line_no, why, form) from None
+    if header is None:
+        raise InputError(f"{path}: no 'ppoi ...' header line")
+    counts = dict(
+        buildings=len(buildings),
+        solar=len(solar_ids),
+        batteries=len(batteries),
+        recurring=sum(not c["oneoff"] for c in classes),
+        oneoff=sum(c["oneoff"] for c in classes),
+    )
+    if counts != header:
+        found = ", ".join(f"{n} {name}" for name, n in counts.items())
+        said = ", ".join(f"{n} {name}" for name, n in header.items())
+        raise InputError(f"{path}: the header 'ppoi ...' says {said}; the file has {found}")
+    for line_no, form, building in building_refs:
+        if building not in buildings:
+            raise broken(line_no, f"building {building} has no 'b' line", form)
+    n_rooms_of_size = (rooms[0], rooms[1])
+    for a, c in enumerate(classes):
+        if c["rooms"] > n_rooms_of_size[c["large"]]:
+            size = "large" if c["large"] else "small"
+            why = (
+                f"needs {c['rooms']} {size} rooms, the buildings have {n_rooms_of_size[c['large']]}"
+            )
+            raise broken(where[a], why)
     arrays = {key: np.array([c[key] for c in classes]) for key in CLASS_FIELDS}
     if batteries:
-        cap, m, eff = (np.array(column, float) for column in zip(*batteries, strict=True))
+        ordered = [batteries[b] for b in sorted(batteries)]
+        cap, m, eff = (np.array(column, float) for column in zip(*ordered, strict=True))
     else:
         cap, m, eff = np.zeros(0), np.zeros(0), np.zeros(0)
     return dict(
@@ -222,14 +324,132 @@ def read_instance(path):
 
 
 def read_price(data_dir):
-    """VIC1 RRP ($/MWh) of November 2020; each 30-min row (stamped at its end) covers two slots."""
-    path = data_dir / "price/PRICE_AND_DEMAND_202011_VIC1.csv"
-    rows = [row.split(",") for row in path.read_text().splitlines()[1:] if row.strip()]
-    first, last = "2020/11/01 00:30:00", "2020/12/01 00:00:00"
-    if len(rows) != NOVEMBER_DAYS * DAY // 2 or rows[0][1] != first or rows[-1][1] != last:
-        raise ValueError(f"{path}: expected 1440 half-hour rows from {first} to {last}")
-    half_hourly = np.array([float(row[3]) for row in rows])
+    """VIC1 RRP ($/MWh) of November 2020; each 30-min row (stamped at its end) covers two slots.
+    Every row is checked: its time stamp in sequence, its price a number in the market's range
+    [PRICE_FLOOR, PRICE_CAP]; an InputError names the file, the line and the column."""
+    path = Path(data_dir) / PRICE_FILE
+    lines = read_lines(path, "the AEMO VIC1 prices of November 2020")
+    n_rows = NOVEMBER_DAYS * DAY // 2
+    rows = [(line_no, line) for line_no, line in enumerate(lines, 1) if line.strip()]
+    if not rows or rows[0][1].strip() != PRICE_HEADER:
+        raise InputError(f"{path}:1: expected the header {PRICE_HEADER!r}")
+    rows = rows[1:]
+    if len(rows) != n_rows:
+        raise InputError(f"{path}: {len(rows)} price rows, expected {n_rows} (November 2020)")
+    columns = PRICE_HEADER.split(",")
+    stamp_column = columns.index("SETTLEMENTDATE")
+    price_column = columns.index("RRP")
+    half_hourly = np.empty(n_rows)
+    for k, (line_no, line) in enumerate(rows):
+        fields = line.strip().split(",")
+        stamp = (NOVEMBER_START_AEDT + (k + 1) * HALF_HOUR).strftime(PRICE_STAMP)
+        if len(fields) != len(columns) or fields[stamp_column] != stamp:
+            raise InputError(
+                f"{path}:{line_no}: expected {len(columns)} columns ({PRICE_HEADER}) "
+                f"with SETTLEMENTDATE {stamp}, got {line.strip()!r}"
+            )
+        text = fields[price_column]
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not PRICE_FLOOR <= value <= PRICE_CAP:  # (also false for NaN)
+            raise InputError(
+                f"{path}:{line_no}: column RRP is {text!r}; expected a price in $/MWh within the "
+                f"market's floor and cap [{PRICE_FLOOR:g}, {PRICE_CAP:g}]"
+            )
+        half_hourly[k] = value
     return np.repeat(half_hourly, 2)
+
+
+def _series_values(texts, path, line_no, name, first_column, missing=None):
+    """Numbers of one load series in kW, each finite and within [0, MAX_SERIES_KW] (`missing`:
+    the text of a missing value, NaN in the result); else an InputError naming the file, line,
+    series and column."""
+    values = np.full(len(texts), np.nan)
+    for j, text in enumerate(texts):
+        if text == missing:
+            continue
+        try:
+            values[j] = float(text)
+        except ValueError:
+            values[j] = math.nan
+        if not 0 <= values[j] <= MAX_SERIES_KW:  # (also false for NaN)
+            raise InputError(
+                f"{path}:{line_no}: {name}, column {first_column + j}: {text!r}; expected a "
+                f"finite load in kW within [0, {MAX_SERIES_KW:g}]"
+            )
+    return values
+
+
+def _new_series(name, line_of, path, line_no):
+    """Record series `name` at `line_no`; an InputError if it is no Building* or Solar* series or
+    appeared before."""
+    if not name.startswith(SERIES_KINDS):
+        raise InputError(f"{path}:{line_no}: series {name!r}: expected Building* or Solar*")
+    if name in line_of:
+        raise InputError(f"{path}:{line_no}: series {name!r} again (line {line_of[name]})")
+    line_of[name] = line_no
+
+
+def _forecast_series(data_dir):
+    """The thesis' Forecasts-sample.csv (UTC) shifted 11 h to AEDT as the thesis does (drop the
+    last 44 values, put values 52..95 first)."""
+    path = Path(data_dir) / FORECAST_FILE
+    series = {}
+    line_of = {}
+    n_slots = NOVEMBER_DAYS * DAY
+    for line_no, line in enumerate(read_lines(path, "the thesis' load forecasts"), 1):
+        if not line.strip():
+            continue
+        name, *texts = line.strip().split(",")
+        _new_series(name, line_of, path, line_no)
+        if len(texts) != n_slots:
+            raise InputError(
+                f"{path}:{line_no}: {name} has {len(texts)} values, expected {n_slots} "
+                "(November 2020, 15-minute slots)"
+            )
+        values = _series_values(texts, path, line_no, name, first_column=2)
+        series[name] = np.concatenate([values[DAY - AEDT_SHIFT : DAY], values[:-AEDT_SHIFT]])
+    return path, series, line_of
+
+
+def _actual_series(data_dir):
+    """The real November values of nov_data.tsf from 2020-10-31 13:00 UTC, a missing '?' filled
+    by its time-of-day mean."""
+    path = Path(data_dir) / ACTUAL_FILE
+    series = {}
+    line_of = {}
+    n_slots = NOVEMBER_DAYS * DAY
+    for line_no, line in enumerate(read_lines(path, "the real loads (tsf)"), 1):
+        if not line.strip() or line[0] in "#@":  # blank, comment or attribute line
+            continue
+        try:
+            name, stamp, values = line.strip().split(":", 2)
+            series_start = datetime.datetime.strptime(stamp, TSF_STAMP)
+        except ValueError:
+            raise InputError(
+                f"{path}:{line_no}: expected 'name:YYYY-MM-DD HH-MM-SS:v1,v2,...'"
+            ) from None
+        _new_series(name, line_of, path, line_no)
+        texts = values.split(",")
+        first = (NOVEMBER_START_UTC - series_start) // SLOT
+        if first < 0 or first + n_slots > len(texts):
+            raise InputError(
+                f"{path}:{line_no}: {name} does not cover November 2020 "
+                f"({len(texts)} values from {series_start} UTC)"
+            )
+        november = texts[first : first + n_slots]
+        v = _series_values(november, path, line_no, name, first_column=first + 1, missing="?")
+        v = v.reshape(NOVEMBER_DAYS, DAY)
+        missing = np.isnan(v)
+        if missing.all():
+            raise InputError(f"{path}:{line_no}: {name} has no November 2020 value")
+        # the mean at each time of day; the series' mean for a time of day never seen
+        never_seen = missing.all(0)
+        time_of_day_mean = np.nanmean(np.where(never_seen, np.nanmean(v), v), 0)
+        series[name] = np.where(missing, time_of_day_mean, v).reshape(-1)
+    return path, series, line_of
 
 
 def read_loads(data_dir, which="forecast"):
@@ -237,32 +457,22 @@ def read_loads(data_dir, which="forecast"):
 
     forecast: the thesis' Forecasts-sample.csv (UTC), shifted 11 h to AEDT as the thesis does
     (drop the last 44 values, put values 52..95 first); actual: the real November values of
-    nov_data.tsf from 2020-10-31 13:00 UTC, a missing '?' filled by its time-of-day mean."""
-    series = {}
+    nov_data.tsf from 2020-10-31 13:00 UTC, a missing '?' filled by its time-of-day mean. Each
+    value is checked (a finite number of kW in range); so are the series' names (Building* or
+    Solar*, each once)."""
     if which == "forecast":
-        for row in (data_dir / "thesis_inputs/Forecasts-sample.csv").read_text().splitlines():
-            name, *values = row.split(",")
-            first_day_end = np.array(values[DAY - AEDT_SHIFT : DAY], float)
-            series[name] = np.concatenate([first_day_end, np.array(values[:-AEDT_SHIFT], float)])
+        path, series, _ = _forecast_series(data_dir)
     elif which == "actual":
-        for row in (data_dir / "energy_tsf/nov_data.tsf").read_text().splitlines():
-            if not row.strip() or row[0] in "#@":  # blank, comment or attribute line
-                continue
-            name, stamp, values = row.split(":", 2)
-            series_start = datetime.datetime.strptime(stamp, "%Y-%m-%d %H-%M-%S")
-            first = (NOVEMBER_START_UTC - series_start) // SLOT
-            november = values.split(",")[first : first + NOVEMBER_DAYS * DAY]
-            v = np.array([np.nan if x == "?" else float(x) for x in november])
-            v = v.reshape(NOVEMBER_DAYS, DAY)
-            missing = np.isnan(v)
-            # the mean at each time of day; the series' mean for a time of day never seen
-            never_seen = missing.all(0)
-            time_of_day_mean = np.nanmean(np.where(never_seen, np.nanmean(v), v), 0)
-            series[name] = np.where(missing, time_of_day_mean, v).reshape(-1)
+        path, series, _ = _actual_series(data_dir)
     else:
         raise ValueError(f"loads: expected 'forecast' or 'actual', got {which!r}")
-    base = sum(v for name, v in series.items() if name.startswith("Building"))
-    solar = sum(v for name, v in series.items() if name.startswith("Solar"))
+    sums = []
+    for kind in SERIES_KINDS:
+        of_kind = [values for name, values in series.items() if name.startswith(kind)]
+        if not of_kind:
+            raise InputError(f"{path}: no {kind}* series")
+        sums.append(sum(of_kind))
+    base, solar = sums
     return base, solar
 
 
@@ -320,7 +530,7 @@ def day_windows(inst):
                     hi[p] = min(hi[p], hi[a] - 1)
         if (old_lo == lo).all() and (old_hi == hi).all():
             return lo, hi
-    raise ValueError(f"{inst['name']}: the precedences contain a cycle")
+    raise InputError(f"{inst['name']}: the precedences contain a cycle")
 
 
 def start_columns(inst):
@@ -357,7 +567,7 @@ def start_columns(inst):
 
     cls = per_column("cls")
     if not all(np.isin(np.arange(inst["n_rec"]), cls)):
-        raise ValueError(f"{inst['name']}: a recurring class has no feasible start")
+        raise InputError(f"{inst['name']}: a recurring class has no feasible start")
     lengths = np.array([len(s) for s in slots])
     cover = sp.csc_matrix(
         (np.ones(lengths.sum()), np.concatenate(slots), np.r_[0, np.cumsum(lengths)]),
@@ -384,7 +594,11 @@ def build_mip(inst, base, solar):
     n_starts = len(cols["cls"])
     most_discharge = np.sum(inst["m"] * np.sqrt(inst["eff"]))
     if (base - solar - most_discharge < 0).any():
-        raise ValueError("grid >= 0 can bind here: the batteries do not separate from the classes")
+        raise InputError(
+            f"{inst['name']}: grid >= 0 can bind here (base load - solar below "
+            f"{most_discharge:.1f} kW, all batteries discharging): the batteries do not separate "
+            "from the classes"
+        )
     predecessors = sorted({p for ps in inst["prec"] for p in ps})
     e_keys = []  # (p, d) of each running sum, in column order
     for p in predecessors:
@@ -521,8 +735,54 @@ def start_vector(mip, label):
     return x
 
 
+class SolverError(RuntimeError):
+    """The solver found no schedule (time limit, or an infeasible instance); main() prints it
+    without a traceback."""
+
+
+MIN_SOLVE_SECONDS = 0.01  # HiGHS' time_limit must be > 0
+WAIT_SECONDS = 0.05  # the main thread checks for Ctrl-C this often while HiGHS runs
+_STOP_SOLVER = threading.Event()  # set on Ctrl-C: HiGHS' interrupt callbacks then stop the solve
+
+
+def _interrupt_if_stopping(event):
+    """HiGHS' simplex, IPM and MIP interrupt callback."""
+    if _STOP_SOLVER.is_set():
+        event.interrupt()
+
+
+def run_highs(h, seconds):
+    """h.run() within `seconds` (HiGHS' time_limit) and stopped by Ctrl-C: HiGHS runs in a thread
+    (it releases the GIL); this thread waits in short slices, and a KeyboardInterrupt sets the flag
+    that the interrupt callbacks pass to HiGHS, waits for it to stop and is raised again."""
+    h.setOptionValue("time_limit", max(seconds, MIN_SOLVE_SECONDS))
+    _STOP_SOLVER.clear()
+    done = threading.Event()
+
+    def solve_in_thread():
+        try:
+            h.run()
+            h.resetGlobalScheduler(False)  # as highspy's own threaded solve does
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=solve_in_thread, name="highs", daemon=True)
+    thread.start()
+    try:
+        while not done.wait(WAIT_SECONDS):
+            pass
+    except KeyboardInterrupt:
+        _STOP_SOLVER.set()
+        while not done.wait(WAIT_SECONDS):
+            pass
+        raise
+    finally:
+        thread.join()
+
+
 def highs_model(mip, integer, threads):
-    """The MIP (integer) or its LP relaxation as a HiGHS model, with zero costs."""
+    """The MIP (integer) or its LP relaxation as a HiGHS model, with zero costs; Ctrl-C stops
+    its solves (run_highs)."""
     import highspy
 
     A = mip["A"]
@@ -544,16 +804,22 @@ def highs_model(mip, integer, threads):
     h.setOptionValue("output_flag", False)
     h.setOptionValue("threads", threads)
     h.passModel(lp)
+    h.cbSimplexInterrupt += _interrupt_if_stopping
+    h.cbIpmInterrupt += _interrupt_if_stopping
+    h.cbMipInterrupt += _interrupt_if_stopping
     return h
 
 
 def solve_highs(mip, price, gap=0.01, time_limit=600.0, threads=1, start=None, seed=0):
     """HiGHS: (1) the LP relaxation bounds; (2) the MIP on the columns that can pay (recurring
     classes, profitable one-off starts, the LP's and the warm start's support); (3) only if that
-    is not within `gap`, the full MIP goes on."""
+    is not within `gap`, the full MIP goes on. Every HiGHS run gets the time left of
+    `time_limit` (seconds for the whole solve) and stops on Ctrl-C."""
     import highspy
 
     t0 = time.perf_counter()
+    if not np.isfinite(price).all():
+        raise InputError("the price series holds a value that is not finite")
     n = mip["A"].shape[1]
     n_starts = mip["n_starts"]
     cost, offset, battery_state = objective(mip, price)
@@ -566,9 +832,13 @@ def solve_highs(mip, price, gap=0.01, time_limit=600.0, threads=1, start=None, s
     for model in (h, relaxation):
         model.changeColsCost(n, all_columns, cost)
         model.changeObjectiveOffset(offset)
-    relaxation.run()
-    bound = relaxation.getInfo().objective_function_value
-    x_lp = np.array(relaxation.getSolution().col_value)
+    run_highs(relaxation, time_limit)
+    if relaxation.getModelStatus() == highspy.HighsModelStatus.kOptimal:
+        bound = relaxation.getInfo().objective_function_value
+        x_lp = np.array(relaxation.getSolution().col_value)
+    else:  # out of time: no bound yet, the MIP gets what is left
+        bound = -np.inf
+        x_lp = np.zeros(n)
     x0 = None if start is None else start_vector(mip, start)
     pays = (mip["cols"]["cls"] < mip["inst"]["n_rec"]) | (cost[:n_starts] < 0)
     pays |= x_lp[:n_starts] > 1e-6
@@ -582,14 +852,13 @@ def solve_highs(mip, price, gap=0.01, time_limit=600.0, threads=1, start=None, s
         h.changeColsBounds(n, all_columns, mip["col_lo"], upper)
         left = time_limit - (time.perf_counter() - t0)
         h.setOptionValue("mip_rel_gap", gap)
-        h.setOptionValue("time_limit", max(left, 0.01))
         h.setOptionValue("random_seed", seed)
         if x0 is not None:
             solution = highspy.HighsSolution()
             solution.col_value = list(x0)
             solution.value_valid = True
             h.setSolution(solution)
-        h.run()
+        run_highs(h, left)
         info = h.getInfo()
         feasible = info.primal_solution_status == 2
         if feasible and (best_objective is None or info.objective_function_value < best_objective):
@@ -602,7 +871,13 @@ def solve_highs(mip, price, gap=0.01, time_limit=600.0, threads=1, start=None, s
         if within_gap or left <= 0:
             break
     if best_x is None:
-        raise RuntimeError(f"HiGHS found no schedule ({h.modelStatusToString(h.getModelStatus())})")
+        status = h.modelStatusToString(h.getModelStatus())
+        if h.getModelStatus() == highspy.HighsModelStatus.kTimeLimit or left <= 0:
+            raise SolverError(
+                f"HiGHS found no schedule within --time-limit {time_limit:g} s ({status}): "
+                "raise --time-limit"
+            )
+        raise SolverError(f"HiGHS found no schedule ({status})")
     proven = max(0.0, best_objective - bound) / max(abs(best_objective), 1e-9)
     recurring_start, oneoff_start, battery_state = decision_form(mip, best_x, battery_state)
     return dict(

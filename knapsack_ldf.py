@@ -49,6 +49,11 @@ THESIS_SETTINGS = {
     "ldf": {"lr": 1e-4, "step": 1e-7, "max_grad_norm": 0.5},
     "ldf-pretrained": {"lr": 1e-4, "step": 1e-4, "max_grad_norm": 10.0},
 }
+THESIS_GRID = {  # Table 1: learning rates, Lagrangian steps, max grad norms searched per model
+    "fc": ([1e-4, 1e-3], [0.0], [1.0, 10.0]),
+    "ldf": ([1e-5, 1e-4, 1e-3], [1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3], [0.5, 1.0, 10.0]),
+    "ldf-pretrained": ([1e-4, 1e-3], [1e-7, 1e-6, 1e-5, 1e-4, 1e-3], [1.0, 10.0]),
+}
 THESIS_EPOCHS = 500
 THESIS_PATIENCE = 400
 
@@ -235,12 +240,23 @@ def parse_args(argv=None):
     g.add_argument(
         "--grid", action="store_true", help="run the Table 1 grid (lr x step x grad norm)"
     )
-    g.add_argument("--grid-lr", type=common.positive_float, nargs="+", default=[1e-3, 1e-4, 1e-5])
     g.add_argument(
-        "--grid-step", type=common.nonnegative_float, nargs="+", default=[1e-8, 1e-7, 1e-6, 1e-5]
+        "--grid-lr",
+        type=common.positive_float,
+        nargs="+",
+        help="learning rates of the grid (default: the thesis' Table 1 for the model)",
     )
     g.add_argument(
-        "--grid-max-grad-norm", type=common.nonnegative_float, nargs="+", default=[0.5, 1.0, 10.0]
+        "--grid-step",
+        type=common.nonnegative_float,
+        nargs="+",
+        help="Lagrangian steps of the grid (default: Table 1)",
+    )
+    g.add_argument(
+        "--grid-max-grad-norm",
+        type=common.nonnegative_float,
+        nargs="+",
+        help="gradient-norm limits of the grid (default: Table 1)",
     )
     g = p.add_argument_group("evaluation")
     g.add_argument(
@@ -332,6 +348,13 @@ def check_args(parser, args, argv):
     for name in ("lr", "step", "max_grad_norm"):
         if getattr(args, name) is None:
             setattr(args, name, settings[name])
+    grid_lr, grid_step, grid_max_grad_norm = THESIS_GRID[model_kind(vars(args))]
+    if args.grid_lr is None:
+        args.grid_lr = grid_lr
+    if args.grid_step is None:
+        args.grid_step = grid_step
+    if args.grid_max_grad_norm is None:
+        args.grid_max_grad_norm = grid_max_grad_norm
     if args.out is None:
         args.out = os.path.join("runs", "knapsack", run_name(vars(args)))
 
@@ -1101,7 +1124,7 @@ def plots(history, out, k):
         return
     epochs = [h["epoch"] for h in history]
     panels = [
-        (("loss", "label_loss"), "training loss", "linear"),
+        (("loss", "label_loss"), "training loss", "log"),
         (("val_ar",), "validation AR", "log"),
         (("val_violated",), "validation: share violated", "linear"),
         (("multiplier",), "lambda", "linear"),
@@ -1208,7 +1231,7 @@ def train_and_report(args, data):
 
 def grid(args, data):
     """Thesis Table 1: every lr x step x max-grad-norm, each selected on validation, one table."""
-    steps = args.grid_step if args.model == "ldf" else [args.step]
+    steps = args.grid_step if args.model == "ldf" else [0.0]
     rows = []
     for lr, step, grad_norm in itertools.product(args.grid_lr, steps, args.grid_max_grad_norm):
         folder = os.path.join(args.out, f"lr{lr:g}_step{step:g}_gn{grad_norm:g}")

@@ -27,6 +27,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -151,6 +152,7 @@ LINE_FORMAT = {
 }
 UNKNOWN_LINE = "a line starting with ppoi, b, s, c, r or a"
 HEADER_FIELDS = ("buildings", "solar", "batteries", "recurring", "oneoff")
+HEADER_LINES = dict(buildings="b", solar="s", batteries="c", recurring="r", oneoff="a")
 CLASS_FIELDS = ("oneoff", "rooms", "large", "load", "dur", "value", "penalty")
 
 
@@ -288,9 +290,13 @@ def read_instance(path):
         oneoff=sum(c["oneoff"] for c in classes),
     )
     if counts != header:
-        found = ", ".join(f"{n} {name}" for name, n in counts.items())
-        said = ", ".join(f"{n} {name}" for name, n in header.items())
-        raise InputError(f"{path}: the header 'ppoi ...' says {said}; the file has {found}")
+        said = " ".join(str(header[key]) for key in HEADER_FIELDS)
+        differ = [
+            f"{header[key]} {key} but {counts[key]} '{HEADER_LINES[key]}' lines"
+            for key in HEADER_FIELDS
+            if counts[key] != header[key]
+        ]
+        raise InputError(f"{path}: header 'ppoi {said}' says {'; '.join(differ)}")
     for line_no, form, building in building_refs:
         if building not in buildings:
             raise broken(line_no, f"building {building} has no 'b' line", form)
@@ -362,7 +368,7 @@ def read_price(data_dir):
     return np.repeat(half_hourly, 2)
 
 
-def _series_values(texts, path, line_no, name, first_column, missing=None):
+def _series_values(texts, path, line_no, name, first_column, missing=None, place="column"):
     """Numbers of one load series in kW, each finite and within [0, MAX_SERIES_KW] (`missing`:
     the text of a missing value, NaN in the result); else an InputError naming the file, line,
     series and column."""
@@ -376,7 +382,7 @@ def _series_values(texts, path, line_no, name, first_column, missing=None):
             values[j] = math.nan
         if not 0 <= values[j] <= MAX_SERIES_KW:  # (also false for NaN)
             raise InputError(
-                f"{path}:{line_no}: {name}, column {first_column + j}: {text!r}; expected a "
+                f"{path}:{line_no}: {name}, {place} {first_column + j}: {text!r}; expected a "
                 f"finite load in kW within [0, {MAX_SERIES_KW:g}]"
             )
     return values
@@ -440,7 +446,7 @@ def _actual_series(data_dir):
                 f"({len(texts)} values from {series_start} UTC)"
             )
         november = texts[first : first + n_slots]
-        v = _series_values(november, path, line_no, name, first_column=first + 1, missing="?")
+        v = _series_values(november, path, line_no, name, first + 1, missing="?", place="value")
         v = v.reshape(NOVEMBER_DAYS, DAY)
         missing = np.isnan(v)
         if missing.all():
@@ -742,21 +748,23 @@ class SolverError(RuntimeError):
 
 MIN_SOLVE_SECONDS = 0.01  # HiGHS' time_limit must be > 0
 WAIT_SECONDS = 0.05  # the main thread checks for Ctrl-C this often while HiGHS runs
-_STOP_SOLVER = threading.Event()  # set on Ctrl-C: HiGHS' interrupt callbacks then stop the solve
+STOP_GRACE_SECONDS = 1.0  # after Ctrl-C, how long to wait for HiGHS to stop before going on
 
 
 def _interrupt_if_stopping(event):
-    """HiGHS' simplex, IPM and MIP interrupt callback."""
-    if _STOP_SOLVER.is_set():
+    """HiGHS' simplex, IPM and MIP interrupt callback; its user data: the model's stop event."""
+    if event.user_data.is_set():
         event.interrupt()
 
 
 def run_highs(h, seconds):
-    """h.run() within `seconds` (HiGHS' time_limit) and stopped by Ctrl-C: HiGHS runs in a thread
-    (it releases the GIL); this thread waits in short slices, and a KeyboardInterrupt sets the flag
-    that the interrupt callbacks pass to HiGHS, waits for it to stop and is raised again."""
+    """h.run() within `seconds` (HiGHS' time_limit), stoppable by Ctrl-C. HiGHS runs in a thread
+    (it releases the GIL) while this one waits in short slices. On Ctrl-C the model's stop event
+    tells HiGHS' interrupt callbacks to stop; HiGHS checks them often in an LP but at times only
+    every few seconds in a MIP, so the KeyboardInterrupt is raised again after at most
+    STOP_GRACE_SECONDS, and a model that may still be running must not be used again."""
     h.setOptionValue("time_limit", max(seconds, MIN_SOLVE_SECONDS))
-    _STOP_SOLVER.clear()
+    h.stop_event.clear()
     done = threading.Event()
 
     def solve_in_thread():
@@ -772,12 +780,10 @@ def run_highs(h, seconds):
         while not done.wait(WAIT_SECONDS):
             pass
     except KeyboardInterrupt:
-        _STOP_SOLVER.set()
-        while not done.wait(WAIT_SECONDS):
-            pass
+        h.stop_event.set()
+        done.wait(STOP_GRACE_SECONDS)
         raise
-    finally:
-        thread.join()
+    thread.join()
 
 
 def highs_model(mip, integer, threads):
@@ -804,13 +810,24 @@ def highs_model(mip, integer, threads):
     h.setOptionValue("output_flag", False)
     h.setOptionValue("threads", threads)
     h.passModel(lp)
-    h.cbSimplexInterrupt += _interrupt_if_stopping
-    h.cbIpmInterrupt += _interrupt_if_stopping
-    h.cbMipInterrupt += _interrupt_if_stopping
+    h.stop_event = threading.Event()  # set: the interrupt callbacks stop HiGHS (run_highs)
+    for callbacks in (h.cbSimplexInterrupt, h.cbIpmInterrupt, h.cbMipInterrupt):
+        callbacks.subscribe(_interrupt_if_stopping, h.stop_event)
     return h
 
 
 def solve_highs(mip, price, gap=0.01, time_limit=600.0, threads=1, start=None, seed=0):
+    """_solve_highs; after Ctrl-C the MIP's HiGHS models are dropped (HiGHS may still be running
+    them until its next interrupt check), so that a later solve builds new ones."""
+    try:
+        return _solve_highs(mip, price, gap, time_limit, threads, start, seed)
+    except KeyboardInterrupt:
+        mip.pop("highs", None)
+        mip.pop("highs_lp", None)
+        raise
+
+
+def _solve_highs(mip, price, gap, time_limit, threads, start, seed):
     """HiGHS: (1) the LP relaxation bounds; (2) the MIP on the columns that can pay (recurring
     classes, profitable one-off starts, the LP's and the warm start's support); (3) only if that
     is not within `gap`, the full MIP goes on. Every HiGHS run gets the time left of
@@ -832,7 +849,7 @@ def solve_highs(mip, price, gap=0.01, time_limit=600.0, threads=1, start=None, s
     for model in (h, relaxation):
         model.changeColsCost(n, all_columns, cost)
         model.changeObjectiveOffset(offset)
-    run_highs(relaxation, time_limit)
+    run_highs(relaxation, time_limit - (time.perf_counter() - t0))
     if relaxation.getModelStatus() == highspy.HighsModelStatus.kOptimal:
         bound = relaxation.getInfo().objective_function_value
         x_lp = np.array(relaxation.getSolution().col_value)
@@ -1008,7 +1025,24 @@ def check_schedule(
 
 # ================================================================ label generation
 LABEL_KEYS = (*DECISION_KEYS, "objective", "bound", "gap", "status", "solver", "seconds")
+LABEL_FILE_KEYS = ("price", *LABEL_KEYS, "index")  # what every label file holds
+# what a label folder's labels follow from, besides the loads and the price series
+INSTANCE_ARRAYS = ("rooms", "large", "load", "dur", "value", "penalty", "cap", "m", "eff")
+INSTANCE_NUMBERS = ("n_rec", "n_oneoff", "n_small", "n_large", "days", "first_weekday")
+CONFIG_KEYS = ("instance", "seed", "block", "fingerprint")  # config.json; the rest: solver settings
 _WORKER = {}  # per solver process: the MIP, STL parts and reference label of one label folder
+
+
+def label_fingerprint(inst, base, solar, price, seed, block, solve_kw):
+    """SHA-256 of everything a label folder's labels follow from: the instance (classes, rooms,
+    batteries, precedences, calendar), the base load and solar, the real price series (the
+    scenarios' STL parts), the scenario seed and block, and the solver settings."""
+    numbers = {key: int(inst[key]) for key in INSTANCE_NUMBERS}
+    described = dict(numbers, prec=inst["prec"], seed=seed, block=block, solve=solve_kw)
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
+    for array in (*(inst[key] for key in INSTANCE_ARRAYS), base, solar, price):
+        digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    return digest.hexdigest()
 
 
 def save_label(path, label, price, inst, base, solar, **extra):
@@ -1025,8 +1059,65 @@ def save_label(path, label, price, inst, base, solar, **extra):
 
 
 def load_label(path):
-    with np.load(path) as z:
-        return {key: z[key].item() if z[key].ndim == 0 else z[key] for key in z.files}
+    """One label file as a dict; a SystemExit naming the file when it is truncated, garbage,
+    empty or no label file."""
+    try:
+        with np.load(path) as z:
+            label = {key: z[key].item() if z[key].ndim == 0 else z[key] for key in z.files}
+    except Exception as err:  # (zipfile, pickle, EOF, OS and value errors of a broken file)
+        raise SystemExit(
+            f"{path}: corrupt label file ({type(err).__name__}: {str(err)[:120]}); delete it "
+            "and run --mode labels again to re-solve it"
+        ) from None
+    missing = [key for key in LABEL_FILE_KEYS if key not in label]
+    if missing:
+        raise SystemExit(
+            f"{path}: not a label file of csp_ldf.py (no {', '.join(missing)}); delete it and run "
+            "--mode labels again to re-solve it"
+        )
+    return label
+
+
+def read_labels(paths, fingerprint, folder):
+    """Load label files, each carrying `fingerprint` (their folder's; None: the first label's).
+    Labels older than fingerprints are accepted with one warning."""
+    labels = []
+    n_old = 0
+    for path in paths:
+        label = load_label(path)
+        if "fingerprint" not in label:
+            n_old += 1
+        elif fingerprint is None:
+            fingerprint = label["fingerprint"]
+        elif label["fingerprint"] != fingerprint:
+            raise SystemExit(
+                f"{path}: this label was made from other inputs or solver settings than the "
+                f"other labels of {folder} (see its config.json): delete the file, or keep it in "
+                "a label folder of its own (--out)"
+            )
+        labels.append(label)
+    if n_old:
+        print(
+            f"warning: {n_old} label(s) in {folder} predate input fingerprints (an older "
+            "csp_ldf.py): they are taken as made from these inputs",
+            file=sys.stderr,
+        )
+    return labels
+
+
+def read_label_config(folder):
+    """A label folder's config.json as a dict ({} if absent)."""
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SystemExit(f"{path}: unreadable ({err}); delete the label folder {folder}") from None
+    if not isinstance(config, dict):
+        raise SystemExit(f"{path}: not a label folder's config; delete the label folder {folder}")
+    config.pop("battery", None)  # a retired setting, the same labels under both its values
+    return config
 
 
 def _solve_scenario(job):
@@ -1041,22 +1132,35 @@ def _solve_scenario(job):
     price, _ = price_scenario(_WORKER["parts"], cfg["block"], cfg["seed"], i)
     label = solve(_WORKER["mip"], price, start=_WORKER["ref"], **cfg["solve"])
     path = cfg["out"] / f"label_{i:05d}.npz"
-    provenance = dict(index=i, seed=cfg["seed"], block=cfg["block"])
+    provenance = dict(index=i, seed=cfg["seed"], block=cfg["block"], fingerprint=cfg["fingerprint"])
     save_label(path, label, price, cfg["inst"], cfg["base"], cfg["solar"], **provenance)
     return label
 
 
 def _label_config(out, config):
-    """Refuse a label folder made with other settings (config.json), else record them there."""
+    """Refuse a label folder made from other inputs or settings (config.json), else record them
+    there. A folder older than fingerprints gets this run's (with a warning)."""
     path = out / "config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        # a retired setting, the same labels under both its values ("auto", "dp")
-        old.pop("battery", None)
-        if old != config:
-            raise SystemExit(
-                f"{out} holds labels made with other settings ({path}): use another --out"
-            )
+    old = read_label_config(out)
+    if old and "fingerprint" not in old:
+        print(
+            f"warning: {out} predates input fingerprints (an older csp_ldf.py): its labels are "
+            "taken as made from these inputs",
+            file=sys.stderr,
+        )
+        old["fingerprint"] = config["fingerprint"]
+    differ = sorted(key for key in set(old) | set(config) if old and old.get(key) != config[key])
+    if differ:
+        named = [key for key in differ if key != "fingerprint"]
+        what = (
+            f"settings ({', '.join(named)})"
+            if named
+            else "inputs (the instance file, the price series or the loads)"
+        )
+        raise SystemExit(
+            f"{out} holds labels made with other {what} ({path}): use another --out, or delete "
+            "the folder to make them again"
+        )
     atomic_write_json(path, config)
 
 
@@ -1077,18 +1181,40 @@ def generate_labels(
 ):
     """Label this shard's scenarios of 0..n-1 into out/label_#####.npz, skipping those already
     there (resume), each warm-started from out/reference.npz (the real price's label) so that a
-    label does not depend on interruptions. Returns the folder's summary (also summary.json)."""
+    label does not depend on interruptions. Returns the folder's summary (also summary.json).
+
+    The folder's config.json and every label carry the fingerprint of the inputs and settings
+    (label_fingerprint): a folder made from others is refused. A second run on the folder waits
+    for the first (a lock), then solves only what is left; temporaries of killed writes go."""
+    out = Path(out)
+    fingerprint = label_fingerprint(inst, base, solar, price, seed, block, solve_kw)
+    config = dict(instance=inst["name"], seed=seed, block=block, **solve_kw)
+    with common.folder_lock(out, "these labels"):
+        common.remove_stale_temporaries(out)
+        _label_config(out, {**config, "fingerprint": fingerprint})
+        reference = out / "reference.npz"
+        if reference.exists():
+            read_labels([reference], fingerprint, out)
+        else:
+            label = solve(build_mip(inst, base, solar), price, **solve_kw)
+            provenance = dict(index=-1, seed=seed, block=block, fingerprint=fingerprint)
+            save_label(reference, label, price, inst, base, solar, **provenance)
+        cfg = dict(inst=inst, base=base, solar=solar, price=price, out=out, solve=solve_kw)
+        cfg.update(config, fingerprint=fingerprint)
+        _solve_missing(cfg, n, shard, limit, workers, progress)
+        return label_summary(out, fingerprint)
+
+
+def _ignore_interrupts():
+    """Pool initializer: a solver process ignores Ctrl-C; the main process terminates it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _solve_missing(cfg, n, shard, limit, workers, progress):
+    """Solve this shard's scenarios of 0..n-1 that have no label file yet (at most `limit`)."""
     from tqdm import tqdm
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = dict(instance=inst["name"], seed=seed, block=block, **solve_kw)
-    _label_config(out, config)
-    if not (out / "reference.npz").exists():
-        label = solve(build_mip(inst, base, solar), price, **solve_kw)
-        provenance = dict(index=-1, seed=seed, block=block)
-        save_label(out / "reference.npz", label, price, inst, base, solar, **provenance)
-    cfg = dict(inst=inst, base=base, solar=solar, price=price, out=out, solve=solve_kw, **config)
+    out = cfg["out"]
     shard_index, n_shards = shard
     todo = [i for i in range(shard_index, n, n_shards) if not (out / f"label_{i:05d}.npz").exists()]
     todo = todo[:limit]
@@ -1099,24 +1225,25 @@ def generate_labels(
             labels,
             total=len(todo),
             disable=not progress,
-            desc=f"labels {inst['name']}",
+            desc=f"labels {cfg['instance']}",
             unit="label",
         )
         with bar:
             for label in bar:
                 bar.set_postfix(s=f"{label['seconds']:.1f}", gap=f"{label['gap']:.4f}")
 
-    if workers > 1:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    if workers > 1:  # on Ctrl-C this process stops the workers (they ignore SIGINT themselves)
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(workers, initializer=_ignore_interrupts) as pool:
             show(pool.imap_unordered(_solve_scenario, jobs))
     else:
         show(map(_solve_scenario, jobs))
-    return label_summary(out)
 
 
-def label_summary(out):
-    """Times, gaps, solvers and statuses of the labels in folder `out`, also to summary.json."""
-    labels = [load_label(path) for path in sorted(out.glob("label_*.npz"))]
+def label_summary(out, fingerprint=None):
+    """Times, gaps, solvers and statuses of the labels in folder `out` (each checked to carry
+    `fingerprint`), also to summary.json."""
+    labels = read_labels(sorted(out.glob("label_*.npz")), fingerprint, out)
     if not labels:
         return {}
     seconds = np.array([label["seconds"] for label in labels])
@@ -1155,23 +1282,68 @@ LABEL_ARRAYS = dict(
 )
 
 
-def load_dataset(inst, base, solar, folder, seed=0, limit=None):
+def label_index(path):
+    """label_00042.npz -> 42."""
+    try:
+        return int(path.stem.removeprefix("label_"))
+    except ValueError:
+        raise SystemExit(f"{path}: not a label file name (label_<index>.npz): move it") from None
+
+
+def _check_label_shapes(label, path, inst, n_slots):
+    """A SystemExit naming a label file whose decisions do not fit the instance."""
+    expected = dict(
+        price=(n_slots,),
+        recurring_start=(inst["n_rec"],),
+        oneoff_start=(inst["n_oneoff"],),
+        battery_state=(len(inst["cap"]), n_slots),
+    )
+    for key, shape in expected.items():
+        if np.shape(label[key]) != shape:
+            raise SystemExit(
+                f"{path}: a label of another instance ({key} of shape {np.shape(label[key])}, "
+                f"expected {shape}): delete it, or pass the --out and --instance it belongs to"
+            )
+
+
+def load_dataset(inst, base, solar, folder, seed=0, limit=None, price=None):
     """The labels of scenarios 0..limit-1 (all if None) in `folder` as arrays, split
     80/10/10 by a draw per scenario index and seed: a scenario stays in its split as labels are
-    added (the first draws go to test and validation if too few did)."""
+    added (the first draws go to test and validation if too few did).
+
+    Every label must carry the folder's fingerprint (config.json); with `price` (the real series)
+    the folder's fingerprint must also be that of these inputs (instance, loads, price)."""
     folder = Path(folder)
+    config = read_label_config(folder)
+    fingerprint = config.get("fingerprint")
+    if fingerprint and price is not None:
+        settings = {key: value for key, value in config.items() if key not in CONFIG_KEYS}
+        seed_and_block = (config.get("seed"), config.get("block"))
+        now = label_fingerprint(inst, base, solar, price, *seed_and_block, settings)
+        if now != fingerprint:
+            raise SystemExit(
+                f"{folder}: these labels were made from other inputs (the instance file, the "
+                "price series or the loads) than this run's: pass another --out, or delete the "
+                "folder and make the labels again with --mode labels"
+            )
     paths = sorted(folder.glob("label_*.npz"))
     if limit is not None:
-        paths = [path for path in paths if int(path.stem.removeprefix("label_")) < limit]
-    labels = [load_label(path) for path in paths]
+        paths = [path for path in paths if label_index(path) < limit]
+    reference = folder / "reference.npz"  # the real price's label: a feasible class schedule
+    has_reference = reference.exists()
+    if has_reference:
+        paths.append(reference)
+    labels = read_labels(paths, fingerprint, folder)
+    for path, label in zip(paths, labels, strict=True):
+        _check_label_shapes(label, path, inst, len(base))
+    if has_reference:
+        reference_label = labels.pop()
     if len(labels) < 3:
         raise SystemExit(f"{folder}: {len(labels)} labels; make some with --mode labels first")
     ds = dict(inst=inst, base=base, solar=solar)
     for key, dtype in LABEL_ARRAYS.items():
         ds[key] = np.array([label[key] for label in labels], dtype)
-    reference = folder / "reference.npz"  # the real price's label: a feasible class schedule
-    if reference.exists():
-        reference_label = load_label(reference)
+    if has_reference:
         ds["fallback"] = (reference_label["recurring_start"], reference_label["oneoff_start"])
     else:
         ds["fallback"] = (ds["recurring_start"][0], ds["oneoff_start"][0])
@@ -1311,6 +1483,41 @@ def make_model(ds, cfg):
     return CSPNet(ds["inst"], ds["price"].shape[1], **{key: cfg[key] for key in ARCH})
 
 
+def load_csp_checkpoint(path, what="checkpoint"):
+    """common.load_checkpoint (an error naming a missing, truncated or garbage file), then one
+    sentence for a checkpoint of another problem or without the CSP network's settings."""
+    checkpoint = common.load_checkpoint(path, what)
+    fingerprint = checkpoint.get("fingerprint")
+    problem = fingerprint.get("problem", "csp") if isinstance(fingerprint, dict) else "csp"
+    if problem != "csp":
+        raise SystemExit(
+            f"{path}: a {problem} checkpoint (of {problem}_ldf.py), not a class scheduling "
+            "checkpoint of csp_ldf.py"
+        )
+    config = checkpoint.get("config")
+    if "norm" not in checkpoint or not isinstance(config, dict) or not set(ARCH) <= set(config):
+        raise SystemExit(
+            f"{path}: not a class scheduling checkpoint of csp_ldf.py (no network settings or "
+            "input normalisation in it)"
+        )
+    return checkpoint
+
+
+def checkpoint_model(ds, checkpoint, path):
+    """The network of a CSP checkpoint with its weights; one sentence when they do not fit this
+    instance (another instance, or weights of another architecture)."""
+    try:
+        model = make_model(ds, checkpoint["config"])
+        model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as err:
+        first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise SystemExit(
+            f"{path}: its weights do not fit instance {ds['inst']['name']} ({type(err).__name__}: "
+            f"{first_line}); train a model on this instance's labels"
+        ) from None
+    return model
+
+
 def inputs(ds, norm):
     """(N, 3, T): price, base load and solar, each standardised by the training set's mean and
     standard deviation."""
@@ -1375,11 +1582,9 @@ def train(args, ds, run_dir):
     ldf = args.model == "ldf"
     idx = ds["split"]
     run_dir = Path(run_dir)
-    pre = common.load_checkpoint(args.pretrained) if args.pretrained else None
+    pre = load_csp_checkpoint(args.pretrained, "pretrained checkpoint") if args.pretrained else None
     scen = {k: ds["index"][v].tolist() for k, v in idx.items()}  # checkpoints compare them
     if pre:
-        if pre.get("fingerprint", {}).get("problem", "csp") != "csp":
-            raise SystemExit(f"--pretrained {args.pretrained}: not a CSP checkpoint of csp_ldf.py")
         seen = len(trained_on(pre, scen["val"] + scen["test"]))
         if seen:
             raise SystemExit(
@@ -1398,9 +1603,10 @@ def train(args, ds, run_dir):
     else:
         norm = dict(mean=raw.mean((0, 2)), std=raw.std((0, 2)) + 1e-6)
     set_seed(args.seed)
-    model = make_model(ds, cfg)
     if pre:
-        model.load_state_dict(pre["model"])
+        model = checkpoint_model(ds, {**pre, "config": cfg}, args.pretrained)
+    else:
+        model = make_model(ds, cfg)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)  # one pass (CPU too)
     x = inputs(ds, norm)
 
@@ -1626,13 +1832,12 @@ def evaluate(ds, checkpoints, bf16=False):
     rows = ds["split"]["test"]
     results = {}
     for name, path in checkpoints.items():
-        ck = torch.load(path, weights_only=False)
+        ck = load_csp_checkpoint(path)
         if trained_on(ck, ds["index"][rows]):
             raise SystemExit(
                 f"{path} was trained on test scenarios (or predates their record): retrain it"
             )
-        model = make_model(ds, ck["config"])
-        model.load_state_dict(ck["model"])
+        model = checkpoint_model(ds, ck, path)
         x = inputs(ds, ck["norm"])[rows]
         if bf16:
             model = model.bfloat16()
@@ -1729,9 +1934,20 @@ def run(args, ds):
 
 
 # ================================================================ command line
-def int_list(text):
-    """'64,128,64' -> (64, 128, 64); argparse reports a ValueError as an invalid int_list value."""
-    return tuple(int(x) for x in text.split(","))
+def positive_int_list(text):
+    """'64,128,64' -> (64, 128, 64), each > 0."""
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers, got {text!r}"
+        )
+    return values
+
+
+int_list = positive_int_list  # (the name bench/csp_heads.py uses)
 
 
 EPILOG = """examples (see README):
@@ -1751,12 +1967,52 @@ NETWORK_OPTIONS = (
     ("k", positive_float, 20.0, "sharpness of the one-hot surrogate, eq. 16"),
     ("mu", nonnegative_float, 1.0, "mu of the LDF selection mu-loss, eq. 15"),
     ("torch-threads", nonnegative_int, 0, "torch CPU threads (0 = torch's default)"),
-    ("conv", int_list, "64,128,64", "conv channels"),
-    ("kernels", int_list, "8,5,3", "as the thesis code"),
+    ("conv", positive_int_list, "64,128,64", "conv channels"),
+    ("kernels", positive_int_list, "8,5,3", "as the thesis code"),
     ("pool", positive_int, 32, "max-pool width"),
-    ("mixer", int_list, "2048,1024", "mixer widths"),
-    ("head", int_list, "512,256", "head widths"),
+    ("mixer", positive_int_list, "2048,1024", "mixer widths"),
+    ("head", positive_int_list, "512,256", "head widths"),
 )
+
+
+MODES = ("train", "evaluate", "labels", "validate", "figure2")
+SOLVING = ("labels", "validate")
+READING_LABELS = ("train", "evaluate")
+WITH_INSTANCE = ("train", "evaluate", "labels", "validate")
+# the modes in which each option does something (an option not listed: every mode); another
+# mode given it is an error, not an option silently ignored
+OPTION_MODES = {
+    "instance": WITH_INSTANCE,
+    "loads": WITH_INSTANCE,
+    "block": (*READING_LABELS, "labels", "figure2"),
+    "seed": (*READING_LABELS, "labels", "figure2"),
+    "max_labels": READING_LABELS,
+    "out": (*READING_LABELS, "labels"),
+    "instances": ("labels",),
+    "workers": ("labels",),
+    "shard": ("labels",),
+    "solver": SOLVING,
+    "gap": SOLVING,
+    "time_limit": SOLVING,
+    "threads": SOLVING,
+    "model": ("train",),
+    "pretrained": ("train",),
+    "save": ("train",),
+    "fresh": ("train",),
+    "run_dir": READING_LABELS,
+    "checkpoints": ("evaluate",),
+    "bf16": READING_LABELS,
+    "torch_threads": READING_LABELS,
+    **{name.replace("-", "_"): ("train",) for name, *_ in NETWORK_OPTIONS},
+}
+OPTION_MODES["torch_threads"] = READING_LABELS
+LDF_ONLY = ("step", "lambda0", "k", "mu")  # the fc model has no multiplier and no nu_b
+SERIES_SLOTS = NOVEMBER_DAYS * DAY  # the networks' input length
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
+
+def flag(dest):
+    return "--" + dest.replace("_", "-")
 
 
 def parse_args(argv=None):
@@ -1791,7 +2047,7 @@ def parse_args(argv=None):
     )
     d.add_argument(
         "--seed",
-        type=int,
+        type=nonnegative_int,
         default=0,
         help="scenario seed (scenario i uses (seed, i)); also split and init",
     )
@@ -1859,6 +2115,33 @@ def parse_args(argv=None):
         "CPUs with AMX (oneDNN); training stays float32",
     )
     args = p.parse_args(argv)
+    given = given_options(p, argv)
+    check_args(p, args, given)
+    if args.model is None:
+        args.model = "ldf" if args.pretrained else "fc"
+    return args
+
+
+def given_options(parser, argv):
+    """The dests of the options on the command line: a second parse with every default
+    suppressed (abbreviated flags included)."""
+    defaults = [(action, action.default) for action in parser._actions]
+    for action, _ in defaults:
+        action.default = argparse.SUPPRESS
+    try:
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in defaults:
+            action.default = default
+
+
+def check_args(p, args, given):
+    """argparse errors for flags that do nothing in the chosen mode or model and for values that
+    cannot work, before any data is read."""
+    unused = sorted(flag(d) for d in given if args.mode not in OPTION_MODES.get(d, MODES))
+    if unused:
+        them = "it" if len(unused) == 1 else "them"
+        p.error(f"--mode {args.mode} does not use {', '.join(unused)}: drop {them}")
     try:
         args.shard = tuple(int(x) for x in args.shard.split("/"))
         valid_shard = len(args.shard) == 2 and 0 <= args.shard[0] < args.shard[1]
@@ -1866,14 +2149,35 @@ def parse_args(argv=None):
         valid_shard = False
     if not valid_shard:
         p.error(f"--shard: expected k/n with 0 <= k < n, got {args.shard!r}")
-    checkpoints_named = all("=" in c for c in args.checkpoints)
-    if len(args.conv) != len(args.kernels) or len(args.head) != 2 or not checkpoints_named:
+    if len(args.conv) != len(args.kernels):
+        p.error(f"--conv {args.conv} and --kernels {args.kernels} need as many values")
+    if len(args.head) != 2:
+        p.error(f"--head: expected two widths, got {args.head}")
+    length = SERIES_SLOTS - sum(k - 1 for k in args.kernels)
+    if length < 1:
+        p.error(f"--kernels {args.kernels}: wider than the series ({SERIES_SLOTS} slots)")
+    if args.pool > length:
         p.error(
-            "--conv and --kernels need as many values, --head two, --checkpoints name=path each"
+            f"--pool {args.pool}: wider than the series after the convolutions ({length} slots)"
         )
-    if args.model is None:
-        args.model = "ldf" if args.pretrained else "fc"
-    return args
+    model = args.model or ("ldf" if args.pretrained else "fc")
+    ldf_only = sorted(flag(d) for d in given & set(LDF_ONLY))
+    if args.mode == "train" and model == "fc" and ldf_only:
+        p.error(f"{', '.join(ldf_only)}: the LDF model's settings; the fc model has no multiplier")
+    architecture = sorted(flag(d) for d in given & set(ARCH))
+    if args.pretrained and architecture:
+        p.error(
+            "--pretrained takes the architecture from its checkpoint: "
+            f"drop {', '.join(architecture)}"
+        )
+    if args.pretrained and not os.path.isfile(args.pretrained):
+        p.error(f"--pretrained: no such file {args.pretrained}")
+    for named in args.checkpoints:
+        name, _, path = named.partition("=")
+        if not name or not path:
+            p.error(f"--checkpoints: expected name=path, got {named!r}")
+        if args.mode == "evaluate" and not os.path.isfile(path):
+            p.error(f"--checkpoints {named}: no such file {path}")
 
 
 def figure2(price, block, seed):
@@ -1897,26 +2201,39 @@ def main(argv=None):
     set_seed(args.seed)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
+    try:
+        run_mode(args)
+    except (InputError, SolverError) as err:
+        raise SystemExit(str(err)) from None
+
+
+def run_mode(args):
     data = find_data_dir(args.data_dir)
-    inst = read_instance(data / "instances" / f"{args.instance}.txt")
-    base, solar = read_loads(data, args.loads)
     price = read_price(data)
+    if args.mode == "figure2":
+        figure2(price, args.block, args.seed)
+        return
+    instance_path = data / "instances" / f"{args.instance}.txt"
+    if not instance_path.is_file():
+        names = ", ".join(sorted(path.stem for path in (data / "instances").glob("*.txt")))
+        raise SystemExit(f"--instance {args.instance}: no {instance_path} (there: {names})")
+    inst = read_instance(instance_path)
+    base, solar = read_loads(data, args.loads)
     solve_kw = dict(
         solver=args.solver, gap=args.gap, time_limit=args.time_limit, threads=args.threads
     )
     labels = Path(args.out) / f"{inst['name']}-{args.loads}-block{args.block}-seed{args.seed}"
+    if args.mode in READING_LABELS:
+        ds = load_dataset(inst, base, solar, labels, args.seed, args.max_labels, price)
     if args.mode == "train":
-        run(args, load_dataset(inst, base, solar, labels, args.seed, args.max_labels))
+        run(args, ds)
     elif args.mode == "evaluate":
-        ds = load_dataset(inst, base, solar, labels, args.seed, args.max_labels)
         checkpoints = dict(c.split("=", 1) for c in args.checkpoints)
         results = evaluate(ds, checkpoints, args.bf16)
         out = Path(args.run_dir or "runs/csp")
         atomic_write_json(out / "tables.json", results)
         atomic_write_bytes(out / "tables.md", markdown(results).encode())
         print(markdown(results))
-    elif args.mode == "figure2":
-        figure2(price, args.block, args.seed)
     elif args.mode == "validate":  # the MIP on the real prices, against the thesis on small_0
         label = solve(build_mip(inst, base, solar), price, **solve_kw)
         print(
@@ -1941,5 +2258,18 @@ def main(argv=None):
         print(json.dumps(summary, default=float))
 
 
+def exit_interrupted():
+    """Ctrl-C: exit at once with the shell's code for it. os._exit, not sys.exit: a HiGHS thread
+    that has not reached its next interrupt check yet must not hold up (or upset) the exit; every
+    file was written atomically, and a later run removes the temporaries of cut-off writes."""
+    print("csp_ldf.py: interrupted (Ctrl-C)", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        exit_interrupted()

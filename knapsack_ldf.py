@@ -219,7 +219,7 @@ def parse_args(argv=None):
         "--mu",
         type=common.nonnegative_float,
         nargs="+",
-        default=[0.0, 1.0, 10.0],
+        default=[0.0, 0.2, 1.0, 10.0],
         help="mu values of the mu-loss (eq. 15: validation BCE summed over items "
         "+ mu * violation); one best checkpoint is kept per mu",
     )
@@ -1062,9 +1062,11 @@ def print_tables(title, name, result, thesis_name=None):
     return md
 
 
-def report(ckpt_path, data, out, extra=None, decode="raw", eval_data=(), precision="auto"):
+def report(
+    ckpt_path, data, out, extra=None, decode="raw", eval_data=(), precision="auto", name="results"
+):
     """Test-split tables of a checkpoint (raw and repaired) beside the thesis' and greedy, printed
-    as Markdown and written to results.md / results.json; eval_data: more (n, data) to evaluate
+    as Markdown and written to <out>/<name>.md and .json; eval_data: more (n, data) to evaluate
     on without retraining."""
     model, checkpoint = load_model(ckpt_path)
     device = torch.device("cpu")
@@ -1096,8 +1098,8 @@ def report(ckpt_path, data, out, extra=None, decode="raw", eval_data=(), precisi
         )
         title = f"n={n} ({len(every)} fresh instances, no retraining)"
         md += "\n\n" + print_tables(title, name, other_result)
-    common.atomic_write_json(os.path.join(out, "results.json"), results)
-    common.atomic_write_bytes(os.path.join(out, "results.md"), (md + "\n").encode())
+    common.atomic_write_json(os.path.join(out, name + ".json"), results)
+    common.atomic_write_bytes(os.path.join(out, name + ".md"), (md + "\n").encode())
     return results
 
 
@@ -1278,7 +1280,9 @@ def main(argv=None):
         settings = {**config, "data_dir": args.data_dir, "workers": args.workers}
         data = load_data(argparse.Namespace(**settings))
         out = os.path.dirname(os.path.abspath(args.eval_only))
-        report(args.eval_only, data, out, decode=args.decode, precision=args.precision)
+        name = "results_" + os.path.splitext(os.path.basename(args.eval_only))[0]
+        report(args.eval_only, data, out, decode=args.decode, precision=args.precision, name=name)
+        print(f"\nwrote {os.path.join(out, name)}.json and .md")
         return
     data = load_data(args)
     print(

@@ -250,6 +250,6 @@ def test_actual_loads_are_the_real_november_values(csp_data):
 
 def test_cli_help_and_shard_errors(capsys):
     with pytest.raises(SystemExit):
-        C.parse_args(["--shard", "3/2"])
+        C.parse_args(["--mode", "labels", "--shard", "3/2"])
     assert "--shard: expected k/n" in capsys.readouterr().err
     assert C.parse_args(["--mode", "labels", "--shard", "1/4"]).shard == (1, 4)

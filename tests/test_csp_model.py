@@ -47,7 +47,9 @@ def test_splits_stay_put_as_labels_grow_and_leaks_are_refused(ds, tmp_path):
     assert len(some) == 40 and len(more) == 80 and all(more[i] == k for i, k in some.items())
     assert 4 <= sum(k == "test" for k in more.values()) <= 14
     assert 4 <= sum(k == "val" for k in more.values()) <= 14
-    torch.save(dict(model={}, scenarios=dict(train=list(range(8)))), tmp_path / "leaky.pt")
+    config = {key: None for key in C.ARCH}
+    leaky = dict(model={}, config=config, norm={}, scenarios=dict(train=list(range(8))))
+    torch.save(leaky, tmp_path / "leaky.pt")
     run_dir = tmp_path / "run"
     args = C.parse_args(["--pretrained", str(tmp_path / "leaky.pt"), "--run-dir", str(run_dir)])
     with pytest.raises(SystemExit, match="validation/test scenarios"):

@@ -362,7 +362,7 @@ def read_price(data_dir):
         if not PRICE_FLOOR <= value <= PRICE_CAP:  # (also false for NaN)
             raise InputError(
                 f"{path}:{line_no}: column RRP is {text!r}; expected a price in $/MWh within the "
-                f"market's floor and cap [{PRICE_FLOOR:g}, {PRICE_CAP:g}]"
+                f"NEM's market price floor and cap [{PRICE_FLOOR:g}, {PRICE_CAP:g}]"
             )
         half_hourly[k] = value
     return np.repeat(half_hourly, 2)
@@ -748,7 +748,7 @@ class SolverError(RuntimeError):
 
 MIN_SOLVE_SECONDS = 0.01  # HiGHS' time_limit must be > 0
 WAIT_SECONDS = 0.05  # the main thread checks for Ctrl-C this often while HiGHS runs
-STOP_GRACE_SECONDS = 1.0  # after Ctrl-C, how long to wait for HiGHS to stop before going on
+STOP_GRACE_SECONDS = 0.5  # after Ctrl-C, how long to wait for HiGHS to stop before going on
 
 
 def _interrupt_if_stopping(event):
@@ -912,8 +912,12 @@ def _solve_highs(mip, price, gap, time_limit, threads, start, seed):
 
 def solve_gurobi(mip, price, gap=0.01, time_limit=600.0, threads=1, seed=0, **_):
     """gurobipy on the same matrices, no warm start; None when its licence refuses the size
-    (then solve() uses HiGHS)."""
-    import gurobipy as gp
+    or where gurobipy is not installed (then solve() uses HiGHS)."""
+    try:
+        import gurobipy as gp
+    except ImportError:
+        print("gurobipy is not installed: HiGHS instead", file=sys.stderr)
+        return None
 
     cost, offset, battery_state = objective(mip, price)
     lo = mip["row_lo"]
@@ -932,6 +936,12 @@ def solve_gurobi(mip, price, gap=0.01, time_limit=600.0, threads=1, seed=0, **_)
         except gp.GurobiError as e:
             print(f"gurobipy cannot solve this model ({e}): HiGHS instead", file=sys.stderr)
             return None
+        if g.Status == gp.GRB.INTERRUPTED:  # Gurobi stops on Ctrl-C by itself
+            raise KeyboardInterrupt
+        if g.SolCount == 0:
+            raise SolverError(
+                f"Gurobi found no schedule (status {g.Status}, --time-limit {time_limit:g} s)"
+            )
         recurring_start, oneoff_start, battery_state = decision_form(mip, x.X, battery_state)
         return dict(
             solver="gurobi",

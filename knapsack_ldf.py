@@ -1063,10 +1063,10 @@ def print_tables(title, name, result, thesis_name=None):
 
 
 def report(
-    ckpt_path, data, out, extra=None, decode="raw", eval_data=(), precision="auto", name="results"
+    ckpt_path, data, out, extra=None, decode="raw", eval_data=(), precision="auto", stem="results"
 ):
     """Test-split tables of a checkpoint (raw and repaired) beside the thesis' and greedy, printed
-    as Markdown and written to <out>/<name>.md and .json; eval_data: more (n, data) to evaluate
+    as Markdown and written to <out>/<stem>.md and .json; eval_data: more (n, data) to evaluate
     on without retraining."""
     model, checkpoint = load_model(ckpt_path)
     device = torch.device("cpu")
@@ -1098,8 +1098,8 @@ def report(
         )
         title = f"n={n} ({len(every)} fresh instances, no retraining)"
         md += "\n\n" + print_tables(title, name, other_result)
-    common.atomic_write_json(os.path.join(out, name + ".json"), results)
-    common.atomic_write_bytes(os.path.join(out, name + ".md"), (md + "\n").encode())
+    common.atomic_write_json(os.path.join(out, stem + ".json"), results)
+    common.atomic_write_bytes(os.path.join(out, stem + ".md"), (md + "\n").encode())
     return results
 
 
@@ -1280,9 +1280,9 @@ def main(argv=None):
         settings = {**config, "data_dir": args.data_dir, "workers": args.workers}
         data = load_data(argparse.Namespace(**settings))
         out = os.path.dirname(os.path.abspath(args.eval_only))
-        name = "results_" + os.path.splitext(os.path.basename(args.eval_only))[0]
-        report(args.eval_only, data, out, decode=args.decode, precision=args.precision, name=name)
-        print(f"\nwrote {os.path.join(out, name)}.json and .md")
+        stem = "results_" + os.path.splitext(os.path.basename(args.eval_only))[0]
+        report(args.eval_only, data, out, decode=args.decode, precision=args.precision, stem=stem)
+        print(f"\nwrote {os.path.join(out, stem)}.json and .md")
         return
     data = load_data(args)
     print(

@@ -61,3 +61,24 @@ def csp_tiny():
         return inst, base, solar, price
 
     return make
+
+
+@pytest.fixture(scope="session")
+def csp_data_copy(csp_data):
+    """edit(folder, file, old, new) -> a copy of the challenge data folder in `folder` (links to
+    the real files) in which `file` (relative to the data folder) is a real copy with its first
+    `old` (bytes of text) replaced by `new`: bad input for the readers, one value at a time."""
+
+    def edit(folder, file, old, new):
+        root = folder / "data"
+        for sub in ("instances", "price", "thesis_inputs", "energy_tsf"):
+            (root / sub).mkdir(parents=True)
+            for path in (csp_data / sub).iterdir():
+                (root / sub / path.name).symlink_to(path)
+        content = (csp_data / file).read_bytes()
+        assert old.encode() in content, f"{old!r} is not in {file}"
+        (root / file).unlink()
+        (root / file).write_bytes(content.replace(old.encode(), new.encode(), 1))
+        return root
+
+    return edit

@@ -187,8 +187,8 @@ def read_instance(path):
     solar_ids = set()
     batteries = {}  # battery id -> (capacity, max power, efficiency)
     classes = []
-    where = {}  # ("b" | "s" | "c" | "class", id) -> (line number, line)
-    building_refs = []  # (line number, line, form, building id) of the s and c lines
+    where = {}  # class index -> its line number
+    building_refs = []  # (line number, form, building id) of the s and c lines
     lines = read_lines(path, "an instance file")
 
     def broken(line_no, why, form=None):
@@ -1992,6 +1992,7 @@ WITH_INSTANCE = ("train", "evaluate", "labels", "validate")
 # the modes in which each option does something (an option not listed: every mode); another
 # mode given it is an error, not an option silently ignored
 OPTION_MODES = {
+    **{name.replace("-", "_"): ("train",) for name, *_ in NETWORK_OPTIONS},
     "instance": WITH_INSTANCE,
     "loads": WITH_INSTANCE,
     "block": (*READING_LABELS, "labels", "figure2"),
@@ -2013,15 +2014,14 @@ OPTION_MODES = {
     "checkpoints": ("evaluate",),
     "bf16": READING_LABELS,
     "torch_threads": READING_LABELS,
-    **{name.replace("-", "_"): ("train",) for name, *_ in NETWORK_OPTIONS},
 }
-OPTION_MODES["torch_threads"] = READING_LABELS
 LDF_ONLY = ("step", "lambda0", "k", "mu")  # the fc model has no multiplier and no nu_b
 SERIES_SLOTS = NOVEMBER_DAYS * DAY  # the networks' input length
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 def flag(dest):
+    """time_limit -> --time-limit."""
     return "--" + dest.replace("_", "-")
 
 

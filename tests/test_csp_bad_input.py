@@ -325,8 +325,7 @@ def test_two_runs_on_one_label_folder_solve_each_label_once(tmp_path, csp_tiny, 
 # ---------------------------------------------------------------- checkpoints
 @pytest.fixture(scope="module")
 def ds(labelled):
-    keys = ("inst", "base", "solar", "folder")
-    return C.load_dataset(*(labelled[key] for key in keys), price=labelled["price"])
+    return C.load_dataset(*(labelled[key] for key in ("inst", "base", "solar", "folder")))
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage" * 10])

@@ -820,6 +820,7 @@ def train(args, data, out):
 # Settings that may change between a run and its resumption (they do not change what is learnt).
 RESUME_FREE = {
     "epochs",
+    "select_mu",
     "patience",
     "out",
     "device",

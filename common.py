@@ -221,6 +221,7 @@ def resume_checkpoint(out, fingerprint, fresh):
     fingerprint: what must be equal to resume (problem, model, data, hyper-parameters); a last.pt
     with another fingerprint is refused with the names of the settings that differ."""
     last = os.path.join(out, "last.pt")
+    remove_stale_temporaries(out)  # what a killed checkpoint write left behind
     if os.path.exists(last) and not fresh:
         checkpoint = load_checkpoint(last, "training checkpoint (last.pt)")
         saved = checkpoint.get("fingerprint", {})

@@ -1935,7 +1935,9 @@ def run(args, ds):
     test split."""
     run_dir = Path(args.run_dir or f"runs/csp-{args.model}")
     save = Path(args.save or f"{args.model}.pt")
-    atomic_write_bytes(save, train(args, ds, run_dir).read_bytes())
+    with common.folder_lock(run_dir, "this run folder"):  # a second run waits for the first
+        selected = train(args, ds, run_dir)
+    atomic_write_bytes(save, selected.read_bytes())
     results = evaluate(ds, {args.model: save}, args.bf16)
     atomic_write_json(run_dir / "results.json", results)
     atomic_write_bytes(run_dir / "results.md", markdown(results).encode())

@@ -206,3 +206,10 @@ def test_unreadable_checkpoints_are_named(tmp_path):
     broken.write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="last.pt: not a readable"):
         common.resume_checkpoint(tmp_path, {}, fresh=False)
+
+
+def test_a_killed_checkpoint_write_leaves_nothing_behind_on_the_next_run(tmp_path):
+    stale = tmp_path / (common.TEMPORARY_PREFIX + "xyz-last.pt")
+    stale.write_bytes(b"partial")
+    train(ToyProblem(), tmp_path, epochs=1)
+    assert not stale.exists()

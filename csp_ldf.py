@@ -33,14 +33,18 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import scipy.sparse as sp
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+# Threads that wait for each other spin by default; beside another busy process that made training
+# several times slower on 2 cores (bench/knapsack_threads.py). Set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import common
-from common import (
+import numpy as np  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import common  # noqa: E402
+from common import (  # noqa: E402
     atomic_write_bytes,
     atomic_write_json,
     nonnegative_float,

@@ -26,7 +26,7 @@ import sys
 import time
 
 # Threads that wait for each other spin by default; beside another busy process that made training
-# 10-25x slower on 2 cores (bench/knapsack_threads.py). Set before torch loads its OpenMP runtime.
+# several times slower on 2 cores (bench/knapsack_threads.py). Set before torch loads OpenMP.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402

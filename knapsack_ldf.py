@@ -571,11 +571,6 @@ def solve_ortools(w, v, capacity, time_limit=None):
     return np.array([solver.best_solution_contains(i) for i in range(len(w))], dtype=np.uint8)
 
 
-CORE_STATE_LIMIT = 4_000_000  # states of the core algorithm: beyond this it stops (memory)
-BITS_PER_WORD = 64
-INT64_SAFE = 2**62  # products of the core algorithm's bound tests must stay below this
-
-
 def dominance_filter(weight, value, bits):
     """Merge of two lists sorted by weight with strictly rising values (the old states and the
     new ones) into one such list: stable sort by weight, then drop every state that a lighter (or
@@ -589,9 +584,60 @@ def dominance_filter(weight, value, bits):
     return weight[keep], value[keep], bits[keep]
 
 
+def dantzig_bound(w, v, capacity):
+    """The LP bound of a knapsack (Dantzig), rounded down, for integer w > 0 and integer v (items
+    with v <= 0 never help): exact integer arithmetic."""
+    useful = v > 0
+    w, v = w[useful], v[useful]
+    order = np.argsort(-(v / w), kind="stable")
+    w, v = w[order], v[order]
+    prefix_weight = np.cumsum(w)
+    b = int(np.searchsorted(prefix_weight, capacity, side="right"))
+    if b == len(w):
+        return int(v.sum())
+    room = capacity - (int(prefix_weight[b - 1]) if b else 0)
+    return int(v[:b].sum()) + room * int(v[b]) // int(w[b])
+
+
+def cardinality_bound(w, v, capacity, target):
+    """An upper bound on the value of every solution worth at least `target` (integer data), from
+    the cardinality constraints that hold for them (Martello, Pisinger and Toth's combo, 1999):
+    at most k_max items (the most that fit: the lightest) and at least k_min (the fewest whose
+    largest values reach `target`). Their Lagrangian relaxation, for an integer multiplier lam,
+    is lam * (k_max if lam >= 0 else k_min) + the LP bound with values v - lam; every lam gives a
+    bound, an integer ternary search picks a small one. On strongly correlated data (v = w + K)
+    lam = K makes every ratio 1 and the bound K * k_max + W: what an exact fill attains. Returns
+    target - 1 when no solution can be worth `target`."""
+    k_max = int(np.searchsorted(np.cumsum(np.sort(w)), capacity, side="right"))
+    largest_values = np.cumsum(np.sort(v)[::-1])
+    k_min = 0 if target <= 0 else int(np.searchsorted(largest_values, target, side="left")) + 1
+    if k_min > k_max:
+        return target - 1
+
+    def lagrangian(lam):
+        return lam * (k_max if lam >= 0 else k_min) + dantzig_bound(w, v - lam, capacity)
+
+    low, high = -int(w.sum() + v.sum()), int(v.max())
+    while high - low > 2:
+        third = (high - low) // 3
+        left, right = low + third, high - third
+        if lagrangian(left) <= lagrangian(right):
+            high = right
+        else:
+            low = left
+    return min(lagrangian(lam) for lam in range(low, high + 1))
+
+
+CORE_STATE_LIMIT = 4_000_000  # states of the core algorithm: beyond this it stops (memory)
+CORE_BOUND_STATES = 1000  # with more states than this the core algorithm tries its global bound
+BITS_PER_WORD = 64
+INT64_SAFE = 2**62  # products of the core algorithm's bound tests must stay below this
+
+
 def solve_core(w, v, capacity, time_limit=None):
     """Exact 0/1 knapsack for integer data by an expanding-core dynamic program in the spirit of
-    Pisinger's minknap (Operations Research 45, 1997), in numpy.
+    Pisinger's minknap (Operations Research 45, 1997) and combo (Martello, Pisinger and Toth,
+    Management Science 45, 1999), in numpy.
 
     Items are sorted by falling v/w; the break solution takes items 0..b-1 (the longest prefix
     that fits). The core [s, t] grows from the break item outwards, one item at a time on each
@@ -600,8 +646,11 @@ def solve_core(w, v, capacity, time_limit=None):
     States dominated by a lighter, at least as valuable state are dropped, and so is every state
     whose bound cannot beat the incumbent z by 1: a state under the capacity can at best add
     items of ratio <= v/w of item t+1, one over it must remove items of ratio >= v/w of item s-1.
-    When no state is left (or the core holds every item) the incumbent is optimal. All bound
-    tests are exact integer arithmetic. Raises LabelTimeout after time_limit seconds."""
+    When no state is left (or the core holds every item) the incumbent is optimal. As in combo,
+    every step also pairs the states with one item outside the core (a better incumbent sooner),
+    and once there are many states the cardinality bound (cardinality_bound) may prove z optimal
+    early; this is what makes strongly correlated data tractable. All bound tests are exact
+    integer arithmetic. Raises LabelTimeout after time_limit seconds."""
     started = time.perf_counter()
     n_items = len(w)
     capacity = int(np.floor(capacity))
@@ -625,21 +674,34 @@ def solve_core(w, v, capacity, time_limit=None):
         x[items] = 1
         return x
     # incumbent: the break solution, greedily filled with the later items that still fit
-    greedy_take = np.zeros(m, dtype=bool)
-    greedy_take[:b] = True
+    best_take = np.zeros(m, dtype=bool)
+    best_take[:b] = True
     room = capacity - int(prefix_weight[b - 1])
     for j in range(b, m):
         if wi[j] <= room:
-            greedy_take[j] = True
+            best_take[j] = True
             room -= int(wi[j])
-    best_value = int(vi[greedy_take].sum())
-    best_take = greedy_take.copy()
+    best_value = int(vi[best_take].sum())
+    bounded_at = None  # the incumbent value the cardinality bound was last computed for
 
     weight = np.array([prefix_weight[b - 1]], dtype=np.int64)
     value = np.array([vi[:b].sum()], dtype=np.int64)
     bits = np.zeros((1, 1), dtype=np.uint64)
     toggled = []  # item positions in processing order: bit k of a state toggles toggled[k]
     s, t = b, b - 1  # the core is items s..t
+
+    def take_of(row, extra=None):
+        """The solution of state `row` (and item position `extra` toggled) over sorted items."""
+        take = np.zeros(m, dtype=bool)
+        take[:b] = True
+        for bit, position in enumerate(toggled):
+            word, shift = divmod(bit, BITS_PER_WORD)
+            if (int(bits[row, word]) >> shift) & 1:
+                take[position] = not take[position]
+        if extra is not None:
+            take[extra] = not take[extra]
+        return take
+
     while len(weight):
         for side in ("after", "before"):
             if side == "after" and t + 1 < m:
@@ -667,12 +729,20 @@ def solve_core(w, v, capacity, time_limit=None):
                 top = int(np.argmax(np.where(feasible, value, np.iinfo(np.int64).min)))
                 if value[top] > best_value:
                     best_value = int(value[top])
-                    best_take = np.zeros(m, dtype=bool)
-                    best_take[:b] = True
-                    for bit, position in enumerate(toggled):
-                        word, shift = divmod(bit, BITS_PER_WORD)
-                        if (int(bits[top, word]) >> shift) & 1:
-                            best_take[position] = not best_take[position]
+                    best_take = take_of(top)
+            # pairing: the best state with one item after the core added, or one before removed
+            # (weights sorted, values rising: the heaviest state that leaves room is the best)
+            outside = np.concatenate([np.arange(t + 1, m), np.arange(s)])
+            if len(weight) and len(outside):
+                adds = outside > t
+                room_for = np.where(adds, capacity - wi[outside], capacity + wi[outside])
+                row = np.searchsorted(weight, room_for, side="right") - 1
+                paired = np.where(adds, vi[outside], -vi[outside]) + value[np.maximum(row, 0)]
+                paired[row < 0] = np.iinfo(np.int64).min
+                pick = int(np.argmax(paired))
+                if paired[pick] > best_value:
+                    best_value = int(paired[pick])
+                    best_take = take_of(int(row[pick]), int(outside[pick]))
             # bounds: keep a state only if it may still reach best_value + 1
             target = best_value + 1
             next_w, next_v = (int(wi[t + 1]), int(vi[t + 1])) if t + 1 < m else (1, 0)
@@ -684,6 +754,10 @@ def solve_core(w, v, capacity, time_limit=None):
             weight, value, bits = weight[keep], value[keep], bits[keep]
         if s == 0 and t == m - 1:
             break
+        if len(weight) > CORE_BOUND_STATES and bounded_at != best_value:
+            bounded_at = best_value
+            if cardinality_bound(wi, vi, capacity, best_value + 1) <= best_value:
+                break  # no solution is worth more than the incumbent
         if len(weight) > CORE_STATE_LIMIT:
             raise LabelTimeout(
                 f"the core algorithm holds {len(weight)} states (limit {CORE_STATE_LIMIT})"

@@ -272,8 +272,66 @@ def test_core_solver_edge_cases():
         ks.solve_core(w + 0.5, v, 10.0)
 
 
+def dp_value(w, v, capacity):
+    """Optimal value by dynamic programming over the capacity (small integer weights)."""
+    best = np.zeros(int(np.floor(capacity)) + 1)
+    for wi, vi in zip(w.astype(int), v, strict=True):
+        if wi < len(best):
+            best[wi:] = np.maximum(best[wi:], best[: len(best) - wi] + vi)
+    return best[-1]
+
+
+@pytest.mark.parametrize("distribution", ks.DISTRIBUTIONS)
+def test_core_solver_with_its_cardinality_bound_always_on_equals_dynamic_programming(
+    distribution, monkeypatch
+):
+    """The cardinality bound normally waits for CORE_BOUND_STATES states; here it is tried at
+    every step, on instances small enough for a DP over the capacity (n = 60, R up to 1000)."""
+    monkeypatch.setattr(ks, "CORE_BOUND_STATES", 0)
+    for range_ in (max(37, ks.MIN_RANGE.get(distribution, 0)), 1000):
+        w, v, capacity = ks.make_instances(60, 20, range_, range_, distribution)
+        if distribution == "similar-weights":  # keep the DP small: weights 10..110
+            w = w - (ks.SIMILAR_WEIGHT_LOW - 10)
+            capacity = np.arange(1, 21) / 21 * w.sum(1)
+        for i in range(len(w)):
+            x = ks.solve_core(w[i], v[i], capacity[i]).astype(float)
+            assert x @ w[i] <= capacity[i]
+            assert x @ v[i] == dp_value(w[i], v[i], capacity[i]), (range_, i)
+
+
+def test_cardinality_bound_is_valid_and_tight_on_strongly_correlated_data():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        w = rng.integers(1, 30, size=10)
+        v = rng.integers(1, 30, size=10)
+        capacity = int(rng.integers(1, w.sum()))
+        best, _ = brute_force(w.astype(float), v.astype(float), capacity)
+        assert ks.dantzig_bound(w, v, capacity) >= best
+        assert ks.cardinality_bound(w, v, capacity, int(best)) >= best
+        assert ks.cardinality_bound(w, v, capacity, int(v.sum()) + 1) <= v.sum()
+    w = np.array([3, 5, 8, 9, 10])  # v = w + 4: at most 2 items fit in 15, at best filling it
+    assert ks.cardinality_bound(w, w + 4, 15, 1) == 15 + 4 * 2
+    assert ks.dantzig_bound(w, w + 4, 15) > 15 + 4 * 2
+
+
+@pytest.mark.parametrize("distribution", ["strongly-correlated", "inverse-strongly-correlated"])
+def test_core_solver_is_fast_on_strongly_correlated_data_at_large_range(distribution):
+    """R = 10^7, n = 500: the minknap-style core alone took seconds here at R = 10^5 and held
+    millions of states at R = 10^6; with combo's cardinality bound and pairing an instance takes
+    well under a second (the limit leaves room for a loaded machine). On strongly correlated
+    data the bound itself certifies the label: no solution is worth one more."""
+    w, v, capacity = ks.make_instances(500, 6, 0, 10**7, distribution)
+    for i in range(len(w)):
+        x = ks.solve_core(w[i], v[i], capacity[i], 20.0).astype(float)
+        assert x @ w[i] <= capacity[i]
+        if distribution == "strongly-correlated":
+            target = int(x @ v[i]) + 1
+            w_int, v_int = w[i].astype(np.int64), v[i].astype(np.int64)
+            assert ks.cardinality_bound(w_int, v_int, int(capacity[i]), target) < target
+
+
 def test_a_label_not_proven_in_time_is_a_clear_error(tmp_path):
-    w, v, capacity = ks.make_instances(500, 4, 0, 10**6, "strongly-correlated")
+    w, v, capacity = ks.make_instances(500, 4, 0, 10**6, "almost-strongly-correlated")
     with pytest.raises(ks.LabelTimeout, match="within 0.01 s"):
         ks.solve_core(w[2], v[2], capacity[2], 0.01)
     with pytest.raises(SystemExit, match=r"instance \d+ \(alpha = .*--time-limit.*--solver core"):

@@ -571,17 +571,18 @@ def solve_ortools(w, v, capacity, time_limit=None):
     return np.array([solver.best_solution_contains(i) for i in range(len(w))], dtype=np.uint8)
 
 
-def dominance_filter(weight, value, bits):
+def dominance_filter(weight, value):
     """Merge of two lists sorted by weight with strictly rising values (the old states and the
-    new ones) into one such list: stable sort by weight, then drop every state that a lighter (or
-    equally heavy) state matches in value; two states share a weight at most in pairs."""
+    new ones, concatenated) into one such list: the indices of the states kept, by weight. A state
+    is dropped when a lighter (or equally heavy) state matches it in value; two states share a
+    weight at most in pairs."""
     order = np.argsort(weight, kind="stable")
-    weight, value, bits = weight[order], value[order], bits[order]
+    weight, value = weight[order], value[order]
     best_before = np.maximum.accumulate(np.concatenate([[np.iinfo(np.int64).min], value[:-1]]))
     next_weight = np.concatenate([weight[1:], [np.iinfo(np.int64).max]])
     next_value = np.concatenate([value[1:], [np.iinfo(np.int64).min]])
     keep = (value > best_before) & ~((next_weight == weight) & (next_value > value))
-    return weight[keep], value[keep], bits[keep]
+    return order[keep]
 
 
 def dantzig_bound(w, v, capacity):
@@ -691,19 +692,24 @@ def solve_core(w, v, capacity, time_limit=None):
     s, t = b, b - 1  # the core is items s..t
 
     def take_of(row, extra=None):
-        """The solution of state `row` (and item position `extra` toggled) over sorted items."""
+        """The solution of candidate `row` of this step (and item position `extra` toggled) over
+        the sorted items: its parent's bits, and the item of this step if it moved."""
         take = np.zeros(m, dtype=bool)
         take[:b] = True
-        for bit, position in enumerate(toggled):
+        for bit, position in enumerate(toggled[:-1]):
             word, shift = divmod(bit, BITS_PER_WORD)
-            if (int(bits[row, word]) >> shift) & 1:
+            if (int(bits[parent[row], word]) >> shift) & 1:
                 take[position] = not take[position]
+        if moved[row]:
+            take[toggled[-1]] = not take[toggled[-1]]
         if extra is not None:
             take[extra] = not take[extra]
         return take
 
     while len(weight):
         for side in ("after", "before"):
+            if not len(weight):
+                break
             if side == "after" and t + 1 < m:
                 t += 1
                 j, sign = t, 1
@@ -712,17 +718,16 @@ def solve_core(w, v, capacity, time_limit=None):
                 j, sign = s, -1
             else:
                 continue
+            # candidates: every state as it is, then every state with item j toggled; the bits
+            # are gathered once, for the states that survive the step
             k = len(toggled)
             toggled.append(j)
-            if k // BITS_PER_WORD == bits.shape[1]:
-                bits = np.concatenate([bits, np.zeros((len(bits), 1), dtype=np.uint64)], 1)
-            moved = bits.copy()
-            moved[:, k // BITS_PER_WORD] |= np.uint64(1 << (k % BITS_PER_WORD))
-            weight, value, bits = dominance_filter(
-                np.concatenate([weight, weight + sign * wi[j]]),
-                np.concatenate([value, value + sign * vi[j]]),
-                np.concatenate([bits, moved]),
-            )
+            candidate_weight = np.concatenate([weight, weight + sign * wi[j]])
+            candidate_value = np.concatenate([value, value + sign * vi[j]])
+            kept = dominance_filter(candidate_weight, candidate_value)
+            parent = kept % len(weight)
+            moved = kept >= len(weight)
+            weight, value = candidate_weight[kept], candidate_value[kept]
             # the incumbent from the states under the capacity
             feasible = weight <= capacity
             if feasible.any():
@@ -751,7 +756,11 @@ def solve_core(w, v, capacity, time_limit=None):
                 prev_w, prev_v = int(wi[s - 1]), int(vi[s - 1])
                 over = ~feasible
                 keep |= over & (value * prev_w - (weight - capacity) * prev_v >= target * prev_w)
-            weight, value, bits = weight[keep], value[keep], bits[keep]
+            weight, value, parent, moved = weight[keep], value[keep], parent[keep], moved[keep]
+            bits = bits[parent]
+            if k // BITS_PER_WORD == bits.shape[1]:
+                bits = np.concatenate([bits, np.zeros((len(bits), 1), dtype=np.uint64)], 1)
+            bits[moved, k // BITS_PER_WORD] |= np.uint64(1 << (k % BITS_PER_WORD))
         if s == 0 and t == m - 1:
             break
         if len(weight) > CORE_BOUND_STATES and bounded_at != best_value:

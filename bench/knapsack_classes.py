@@ -1,8 +1,8 @@
 """Pisinger's knapsack classes (issue 12) at n = 500: what exact solving costs, and where greedy
-v/w is weak. Two Markdown tables, printed and written to --out:
+v/w is weak. Two Markdown tables, printed (and appended to --out):
 
-    python bench/knapsack_classes.py solvers --ranges 1000 10000 100000 1000000 10000000
-    python bench/knapsack_classes.py greedy --ranges 10000 --instances 300
+    python bench/knapsack_classes.py solvers --out bench/knapsack_classes.md
+    python bench/knapsack_classes.py greedy --ranges 10000 --out bench/knapsack_classes.md
 
 solvers: per class and R, --instances instances (seed 0, alpha = W/sum(w) spread over (0, 1)),
 solved one after another in this process by OR-Tools' branch and bound (knapsack_ldf's
@@ -41,8 +41,13 @@ def ranges_of(distribution, ranges):
     return [ranges[0]] if distribution == "similar-weights" else ranges
 
 
+def power_of_ten(value_range):
+    exponent = len(str(value_range)) - 1
+    return f"10^{exponent}" if value_range == 10**exponent else str(value_range)
+
+
 def range_label(distribution, value_range):
-    return "fixed" if distribution == "similar-weights" else f"{value_range:.0e}"
+    return "fixed" if distribution == "similar-weights" else power_of_ten(value_range)
 
 
 def load_text():
@@ -81,7 +86,7 @@ def solvers_table(args):
     lines += [f"Started with {load_text()}.", ""]
     for name, solve in SOLVERS.items():
         lines += [f"{name}:", ""]
-        columns = [f"R = {value_range:.0e}" for value_range in args.ranges]
+        columns = [f"R = {power_of_ten(value_range)}" for value_range in args.ranges]
         lines.append("| class | " + " | ".join(columns) + " |")
         lines.append("|---" * (len(columns) + 1) + "|")
         for distribution in args.classes:
@@ -152,7 +157,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default="data", help="greedy: where the labels are cached")
     p.add_argument("--workers", type=int, default=1, help="greedy: label worker processes")
-    p.add_argument("--out", help="also write the table here")
+    p.add_argument("--out", help="also append the table to this file")
     args = p.parse_args(argv)
     if args.instances is None:
         args.instances = 24 if args.table == "solvers" else 300
@@ -161,8 +166,9 @@ def main(argv=None):
     text = f"`{command}`\n\n{table}\n"
     print(text)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        appending = os.path.exists(args.out) and os.path.getsize(args.out) > 0
+        with open(args.out, "a") as f:
+            f.write(("\n" if appending else "") + text)
 
 
 if __name__ == "__main__":

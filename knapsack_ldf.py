@@ -122,17 +122,33 @@ def parse_args(argv=None):
         help="instances S, split 80/10/10 into train/val/test (thesis: 30000)",
     )
     g.add_argument(
+        "--distribution",
+        choices=DISTRIBUTIONS,
+        default="uncorrelated",
+        help="Pisinger's instance class (Computers & OR 2005): uncorrelated (the thesis' data), "
+        "weakly-, strongly-, inverse-strongly- and almost-strongly-correlated, subset-sum, "
+        "similar-weights, spanner(2, 10) over uncorrelated, weakly or strongly correlated items",
+    )
+    g.add_argument(
         "--range",
         dest="value_range",
         type=value_range_arg,
         default=THESIS_VALUE_RANGE,
-        help="integer weights and values are drawn from 1..R (thesis code: 2000)",
+        help="data range R: weights (or values) are drawn from 1..R (thesis code: 2000)",
     )
     g.add_argument(
         "--solver",
-        choices=["ortools", "gurobi"],
-        default="ortools",
-        help="exact back end for the labels (gurobi falls back to ortools if its licence is small)",
+        choices=SOLVERS,
+        help="exact back end for the labels: ortools (branch and bound; default on "
+        "uncorrelated data), core (expanding-core dynamic program; default on the other "
+        "classes), gurobi (falls back to the default if its licence is small)",
+    )
+    g.add_argument(
+        "--time-limit",
+        type=common.positive_float,
+        default=DEFAULT_TIME_LIMIT,
+        help="seconds per instance the exact solver may take; an instance not proven optimal "
+        "by then stops the run with an error",
     )
     g.add_argument(
         "--workers",
@@ -340,6 +356,17 @@ def check_args(parser, args, argv):
         parser.error("--pretrained trains the LDF model from a checkpoint; drop --model fc")
     if args.model == "fc" and "--step" in given:
         parser.error("--step moves the LDF multiplier: the fc model has none")
+    if args.distribution == "similar-weights" and "--range" in given:
+        parser.error("--distribution similar-weights has fixed ranges: drop --range")
+    min_range = MIN_RANGE.get(args.distribution, 0)
+    if args.value_range < min_range:
+        parser.error(
+            f"--distribution {args.distribution} needs --range >= {min_range}, got "
+            f"{args.value_range} (its offsets R/{CORRELATION_DIVISOR} or "
+            f"R/{ALMOST_STRONG_DIVISOR} would be 0)"
+        )
+    if args.solver is None:
+        args.solver = default_solver(args.distribution)
     if args.instances < 10:
         parser.error(f"--instances {args.instances}: at least 10 are needed for an 80/10/10 split")
     if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
@@ -356,7 +383,7 @@ def check_args(parser, args, argv):
     if args.grid_max_grad_norm is None:
         args.grid_max_grad_norm = grid_max_grad_norm
     if args.out is None:
-        args.out = os.path.join("runs", "knapsack", run_name(vars(args)))
+        args.out = os.path.join("runs", "knapsack", *class_folder(vars(args)), run_name(vars(args)))
 
 
 def model_kind(cfg):
@@ -364,6 +391,16 @@ def model_kind(cfg):
     if cfg["model"] == "fc":
         return "fc"
     return "ldf-pretrained" if cfg.get("pretrained") else "ldf"
+
+
+def class_folder(cfg):
+    """[] for the thesis' uncorrelated data (runs/knapsack/<model>), else [<class>_R<R>]."""
+    distribution = cfg.get("distribution", "uncorrelated")
+    if distribution == "uncorrelated":
+        return []
+    if distribution == "similar-weights":
+        return [distribution]
+    return [f"{distribution}_R{cfg['value_range']}"]
 
 
 def run_name(cfg):
@@ -392,13 +429,99 @@ def use_bf16(precision, device):
 
 
 # ====================================================================== 1. instances
-def make_instances(n_items, n_instances, seed, value_range=THESIS_VALUE_RANGE):
-    """The thesis' uncorrelated instances: integer w, v ~ U{1..R}; instance j = 1..S gets capacity
-    W_j = j/(S+1) * sum(w), so alpha = W/sum(w) sweeps (0, 1) (Pisinger's capacity spread).
-    Returned as float64 arrays holding integers (sums of them are exact)."""
+# D. Pisinger, "Where are the hard knapsack problems?", Computers & Operations Research 32 (2005):
+# the classes of his generator, all with integer weights w and values v; R is the data range.
+DISTRIBUTIONS = (
+    "uncorrelated",  # w, v ~ U{1..R} (the thesis' data)
+    "weakly-correlated",  # w ~ U{1..R}, v = max(1, w + U{-R/10..R/10})
+    "strongly-correlated",  # w ~ U{1..R}, v = w + R/10
+    "inverse-strongly-correlated",  # v ~ U{1..R}, w = v + R/10
+    "almost-strongly-correlated",  # w ~ U{1..R}, v = w + R/10 + U{-R/500..R/500}
+    "subset-sum",  # w ~ U{1..R}, v = w
+    "similar-weights",  # w ~ U{100000..100100}, v ~ U{1..1000} (R unused)
+    "spanner-uncorrelated",  # spanner(2, 10) instances over the base class after "spanner-"
+    "spanner-weakly-correlated",
+    "spanner-strongly-correlated",
+)
+SPANNER_PREFIX = "spanner-"
+CORRELATION_DIVISOR = 10  # R/10: the spread of weakly and the offset of strongly correlated data
+ALMOST_STRONG_DIVISOR = 500  # R/500: the spread of almost strongly correlated data
+SIMILAR_WEIGHT_LOW = 100_000  # similar weights: w ~ U{100000..100100}
+SIMILAR_WEIGHT_SPREAD = 100
+SIMILAR_VALUE_RANGE = 1000  # similar weights: v ~ U{1..1000}
+SPANNER_SIZE = 2  # v of spanner(v, m): items in the spanner set (Pisinger: 2)
+SPANNER_MULTIPLIER = 10  # m of spanner(v, m): the largest multiple of a spanner item (Pisinger: 10)
+# The smallest R at which a class's offsets are not 0 (R/10 >= 1, R/500 >= 1).
+MIN_RANGE = {
+    "weakly-correlated": CORRELATION_DIVISOR,
+    "strongly-correlated": CORRELATION_DIVISOR,
+    "inverse-strongly-correlated": CORRELATION_DIVISOR,
+    "almost-strongly-correlated": ALMOST_STRONG_DIVISOR,
+    "spanner-weakly-correlated": CORRELATION_DIVISOR,
+    "spanner-strongly-correlated": CORRELATION_DIVISOR,
+}
+
+
+def draw_items(rng, distribution, shape, value_range):
+    """Integer weights and values (int64 arrays of `shape`) of one of Pisinger's classes, spanner
+    classes excepted."""
+    offset = value_range // CORRELATION_DIVISOR
+    if distribution == "similar-weights":
+        high = SIMILAR_WEIGHT_LOW + SIMILAR_WEIGHT_SPREAD
+        w = rng.integers(SIMILAR_WEIGHT_LOW, high, size=shape, endpoint=True)
+        v = rng.integers(1, SIMILAR_VALUE_RANGE, size=shape, endpoint=True)
+        return w, v
+    if distribution == "inverse-strongly-correlated":
+        v = rng.integers(1, value_range, size=shape, endpoint=True)
+        return v + offset, v
+    w = rng.integers(1, value_range, size=shape, endpoint=True)
+    if distribution == "uncorrelated":
+        v = rng.integers(1, value_range, size=shape, endpoint=True)
+    elif distribution == "weakly-correlated":
+        v = np.maximum(1, w + rng.integers(-offset, offset, size=shape, endpoint=True))
+    elif distribution == "strongly-correlated":
+        v = w + offset
+    elif distribution == "almost-strongly-correlated":
+        spread = value_range // ALMOST_STRONG_DIVISOR
+        v = w + offset + rng.integers(-spread, spread, size=shape, endpoint=True)
+    elif distribution == "subset-sum":
+        v = w.copy()
+    else:
+        raise ValueError(f"unknown distribution {distribution!r}; expected one of {DISTRIBUTIONS}")
+    return w, v
+
+
+def draw_spanner_items(rng, base, shape, value_range):
+    """Pisinger's spanner(v, m) instances: per instance a spanner set of v = SPANNER_SIZE items of
+    the base class, normalised by dividing weights and values by m + 1 (rounded up, so they stay
+    >= 1); every item is a spanner item drawn at random times a factor a ~ U{1..m}."""
+    n_instances, n_items = shape
+    span_w, span_v = draw_items(rng, base, (n_instances, SPANNER_SIZE), value_range)
+    span_w = -(-span_w // (SPANNER_MULTIPLIER + 1))  # ceil(w / (m + 1)) in integers
+    span_v = -(-span_v // (SPANNER_MULTIPLIER + 1))
+    pick = rng.integers(0, SPANNER_SIZE, size=shape)
+    factor = rng.integers(1, SPANNER_MULTIPLIER, size=shape, endpoint=True)
+    w = np.take_along_axis(span_w, pick, 1) * factor
+    v = np.take_along_axis(span_v, pick, 1) * factor
+    return w, v
+
+
+def make_instances(
+    n_items, n_instances, seed, value_range=THESIS_VALUE_RANGE, distribution="uncorrelated"
+):
+    """Instances of one of Pisinger's classes (DISTRIBUTIONS; default: the thesis' uncorrelated
+    w, v ~ U{1..R}); instance j = 1..S gets capacity W_j = j/(S+1) * sum(w), so alpha = W/sum(w)
+    sweeps (0, 1) (Pisinger's capacity spread). Returned as float64 arrays holding integers (sums
+    of them are exact)."""
     rng = np.random.default_rng(seed)
-    w = rng.integers(1, value_range, size=(n_instances, n_items), endpoint=True).astype(np.float64)
-    v = rng.integers(1, value_range, size=(n_instances, n_items), endpoint=True).astype(np.float64)
+    shape = (n_instances, n_items)
+    if distribution.startswith(SPANNER_PREFIX):
+        base = distribution[len(SPANNER_PREFIX) :]
+        w, v = draw_spanner_items(rng, base, shape, value_range)
+    else:
+        w, v = draw_items(rng, distribution, shape, value_range)
+    w = w.astype(np.float64)
+    v = v.astype(np.float64)
     j = np.arange(1, n_instances + 1)
     capacity = j / (n_instances + 1) * w.sum(1)
     return w, v, capacity
@@ -416,20 +539,248 @@ def split(n_instances, seed):
 
 
 # ====================================================================== 2. labels
-def solve_ortools(w, v, capacity):
+SOLVERS = ("ortools", "core", "gurobi")
+DEFAULT_TIME_LIMIT = 60.0  # seconds per instance before a label is given up with an error
+
+
+class LabelTimeout(RuntimeError):
+    """An exact solver could not prove a label optimal within the per-instance time limit."""
+
+
+def default_solver(distribution):
+    """OR-Tools' branch and bound on the thesis' uncorrelated data (its labels, as before); the
+    core algorithm on Pisinger's other classes, where the branch and bound does not finish."""
+    return "ortools" if distribution == "uncorrelated" else "core"
+
+
+def solve_ortools(w, v, capacity, time_limit=None):
+    """OR-Tools' knapsack branch and bound; LabelTimeout when it has not proven optimality within
+    time_limit seconds."""
     from ortools.algorithms.python import knapsack_solver
 
     solver = knapsack_solver.KnapsackSolver(
         knapsack_solver.SolverType.KNAPSACK_MULTIDIMENSION_BRANCH_AND_BOUND_SOLVER, "labels"
     )
     solver.init(v.astype(np.int64).tolist(), [w.astype(np.int64).tolist()], [int(capacity)])
+    if time_limit is not None:
+        solver.set_time_limit(time_limit)
     solver.solve()
     if not solver.is_solution_optimal():
-        raise RuntimeError("OR-Tools did not prove optimality")
+        within = "" if time_limit is None else f" within {time_limit:g} s"
+        raise LabelTimeout(f"OR-Tools' branch and bound did not prove optimality{within}")
     return np.array([solver.best_solution_contains(i) for i in range(len(w))], dtype=np.uint8)
 
 
-def solve_gurobi(w, v, capacity):
+def dominance_filter(weight, value):
+    """Merge of two lists sorted by weight with strictly rising values (the old states and the
+    new ones, concatenated) into one such list: the indices of the states kept, by weight. A state
+    is dropped when a lighter (or equally heavy) state matches it in value; two states share a
+    weight at most in pairs."""
+    order = np.argsort(weight, kind="stable")
+    weight, value = weight[order], value[order]
+    best_before = np.maximum.accumulate(np.concatenate([[np.iinfo(np.int64).min], value[:-1]]))
+    next_weight = np.concatenate([weight[1:], [np.iinfo(np.int64).max]])
+    next_value = np.concatenate([value[1:], [np.iinfo(np.int64).min]])
+    keep = (value > best_before) & ~((next_weight == weight) & (next_value > value))
+    return order[keep]
+
+
+def dantzig_bound(w, v, capacity):
+    """The LP bound of a knapsack (Dantzig), rounded down, for integer w > 0 and integer v (items
+    with v <= 0 never help): exact integer arithmetic."""
+    useful = v > 0
+    w, v = w[useful], v[useful]
+    order = np.argsort(-(v / w), kind="stable")
+    w, v = w[order], v[order]
+    prefix_weight = np.cumsum(w)
+    b = int(np.searchsorted(prefix_weight, capacity, side="right"))
+    if b == len(w):
+        return int(v.sum())
+    room = capacity - (int(prefix_weight[b - 1]) if b else 0)
+    return int(v[:b].sum()) + room * int(v[b]) // int(w[b])
+
+
+def cardinality_bound(w, v, capacity, target):
+    """An upper bound on the value of every solution worth at least `target` (integer data), from
+    the cardinality constraints that hold for them (Martello, Pisinger and Toth's combo, 1999):
+    at most k_max items (the most that fit: the lightest) and at least k_min (the fewest whose
+    largest values reach `target`). Their Lagrangian relaxation, for an integer multiplier lam,
+    is lam * (k_max if lam >= 0 else k_min) + the LP bound with values v - lam; every lam gives a
+    bound, an integer ternary search picks a small one. On strongly correlated data (v = w + K)
+    lam = K makes every ratio 1 and the bound K * k_max + W: what an exact fill attains. Returns
+    target - 1 when no solution can be worth `target`."""
+    k_max = int(np.searchsorted(np.cumsum(np.sort(w)), capacity, side="right"))
+    largest_values = np.cumsum(np.sort(v)[::-1])
+    k_min = 0 if target <= 0 else int(np.searchsorted(largest_values, target, side="left")) + 1
+    if k_min > k_max:
+        return target - 1
+
+    def lagrangian(lam):
+        return lam * (k_max if lam >= 0 else k_min) + dantzig_bound(w, v - lam, capacity)
+
+    low, high = -int(w.sum() + v.sum()), int(v.max())
+    while high - low > 2:
+        third = (high - low) // 3
+        left, right = low + third, high - third
+        if lagrangian(left) <= lagrangian(right):
+            high = right
+        else:
+            low = left
+    return min(lagrangian(lam) for lam in range(low, high + 1))
+
+
+CORE_STATE_LIMIT = 4_000_000  # states of the core algorithm: beyond this it stops (memory)
+CORE_BOUND_STATES = 1000  # with more states than this the core algorithm tries its global bound
+BITS_PER_WORD = 64
+INT64_SAFE = 2**62  # products of the core algorithm's bound tests must stay below this
+
+
+def solve_core(w, v, capacity, time_limit=None):
+    """Exact 0/1 knapsack for integer data by an expanding-core dynamic program in the spirit of
+    Pisinger's minknap (Operations Research 45, 1997) and combo (Martello, Pisinger and Toth,
+    Management Science 45, 1999), in numpy.
+
+    Items are sorted by falling v/w; the break solution takes items 0..b-1 (the longest prefix
+    that fits). The core [s, t] grows from the break item outwards, one item at a time on each
+    side; every state is a solution that takes all items before s, none after t and any subset of
+    the core, kept as (weight, value, bits of the core items toggled against the break solution).
+    States dominated by a lighter, at least as valuable state are dropped, and so is every state
+    whose bound cannot beat the incumbent z by 1: a state under the capacity can at best add
+    items of ratio <= v/w of item t+1, one over it must remove items of ratio >= v/w of item s-1.
+    When no state is left (or the core holds every item) the incumbent is optimal. As in combo,
+    every step also pairs the states with one item outside the core (a better incumbent sooner),
+    and once there are many states the cardinality bound (cardinality_bound) may prove z optimal
+    early; this is what makes strongly correlated data tractable. All bound tests are exact
+    integer arithmetic. Raises LabelTimeout after time_limit seconds."""
+    started = time.perf_counter()
+    n_items = len(w)
+    capacity = int(np.floor(capacity))
+    x = np.zeros(n_items, dtype=np.uint8)
+    fits = np.nonzero(np.asarray(w) <= capacity)[0]  # a heavier item is in no solution
+    if len(fits) == 0:
+        return x
+    ratio = np.asarray(v, dtype=np.float64)[fits] / np.asarray(w, dtype=np.float64)[fits]
+    items = fits[np.argsort(-ratio, kind="stable")]
+    wi = np.asarray(w)[items].astype(np.int64)
+    vi = np.asarray(v)[items].astype(np.int64)
+    if not (np.all(wi == np.asarray(w)[items]) and np.all(vi == np.asarray(v)[items])):
+        raise ValueError("solve_core needs integer weights and values")
+    if int(wi.sum()) * int(vi.max()) >= INT64_SAFE or int(vi.sum()) * int(wi.max()) >= INT64_SAFE:
+        raise ValueError("solve_core: weights and values too large for exact int64 bounds")
+    m = len(items)
+    prefix_weight = np.cumsum(wi)
+    # the break item; b >= 1, as every item left fits on its own
+    b = int(np.searchsorted(prefix_weight, capacity, side="right"))
+    if b == m:  # everything that fits at all fits together
+        x[items] = 1
+        return x
+    # incumbent: the break solution, greedily filled with the later items that still fit
+    best_take = np.zeros(m, dtype=bool)
+    best_take[:b] = True
+    room = capacity - int(prefix_weight[b - 1])
+    for j in range(b, m):
+        if wi[j] <= room:
+            best_take[j] = True
+            room -= int(wi[j])
+    best_value = int(vi[best_take].sum())
+    bounded_at = None  # the incumbent value the cardinality bound was last computed for
+
+    weight = np.array([prefix_weight[b - 1]], dtype=np.int64)
+    value = np.array([vi[:b].sum()], dtype=np.int64)
+    bits = np.zeros((1, 1), dtype=np.uint64)
+    toggled = []  # item positions in processing order: bit k of a state toggles toggled[k]
+    s, t = b, b - 1  # the core is items s..t
+
+    def take_of(row, extra=None):
+        """The solution of candidate `row` of this step (and item position `extra` toggled) over
+        the sorted items: its parent's bits, and the item of this step if it moved."""
+        take = np.zeros(m, dtype=bool)
+        take[:b] = True
+        for bit, position in enumerate(toggled[:-1]):
+            word, shift = divmod(bit, BITS_PER_WORD)
+            if (int(bits[parent[row], word]) >> shift) & 1:
+                take[position] = not take[position]
+        if moved[row]:
+            take[toggled[-1]] = not take[toggled[-1]]
+        if extra is not None:
+            take[extra] = not take[extra]
+        return take
+
+    while len(weight):
+        for side in ("after", "before"):
+            if not len(weight):
+                break
+            if side == "after" and t + 1 < m:
+                t += 1
+                j, sign = t, 1
+            elif side == "before" and s > 0:
+                s -= 1
+                j, sign = s, -1
+            else:
+                continue
+            # candidates: every state as it is, then every state with item j toggled; the bits
+            # are gathered once, for the states that survive the step
+            k = len(toggled)
+            toggled.append(j)
+            candidate_weight = np.concatenate([weight, weight + sign * wi[j]])
+            candidate_value = np.concatenate([value, value + sign * vi[j]])
+            kept = dominance_filter(candidate_weight, candidate_value)
+            parent = kept % len(weight)
+            moved = kept >= len(weight)
+            weight, value = candidate_weight[kept], candidate_value[kept]
+            # the incumbent from the states under the capacity
+            feasible = weight <= capacity
+            if feasible.any():
+                top = int(np.argmax(np.where(feasible, value, np.iinfo(np.int64).min)))
+                if value[top] > best_value:
+                    best_value = int(value[top])
+                    best_take = take_of(top)
+            # pairing: the best state with one item after the core added, or one before removed
+            # (weights sorted, values rising: the heaviest state that leaves room is the best)
+            outside = np.concatenate([np.arange(t + 1, m), np.arange(s)])
+            if len(weight) and len(outside):
+                adds = outside > t
+                room_for = np.where(adds, capacity - wi[outside], capacity + wi[outside])
+                row = np.searchsorted(weight, room_for, side="right") - 1
+                paired = np.where(adds, vi[outside], -vi[outside]) + value[np.maximum(row, 0)]
+                paired[row < 0] = np.iinfo(np.int64).min
+                pick = int(np.argmax(paired))
+                if paired[pick] > best_value:
+                    best_value = int(paired[pick])
+                    best_take = take_of(int(row[pick]), int(outside[pick]))
+            # bounds: keep a state only if it may still reach best_value + 1
+            target = best_value + 1
+            next_w, next_v = (int(wi[t + 1]), int(vi[t + 1])) if t + 1 < m else (1, 0)
+            keep = feasible & (value * next_w + (capacity - weight) * next_v >= target * next_w)
+            if s > 0:
+                prev_w, prev_v = int(wi[s - 1]), int(vi[s - 1])
+                over = ~feasible
+                keep |= over & (value * prev_w - (weight - capacity) * prev_v >= target * prev_w)
+            weight, value, parent, moved = weight[keep], value[keep], parent[keep], moved[keep]
+            bits = bits[parent]
+            if k // BITS_PER_WORD == bits.shape[1]:
+                bits = np.concatenate([bits, np.zeros((len(bits), 1), dtype=np.uint64)], 1)
+            bits[moved, k // BITS_PER_WORD] |= np.uint64(1 << (k % BITS_PER_WORD))
+        if s == 0 and t == m - 1:
+            break
+        if len(weight) > CORE_BOUND_STATES and bounded_at != best_value:
+            bounded_at = best_value
+            if cardinality_bound(wi, vi, capacity, best_value + 1) <= best_value:
+                break  # no solution is worth more than the incumbent
+        if len(weight) > CORE_STATE_LIMIT:
+            raise LabelTimeout(
+                f"the core algorithm holds {len(weight)} states (limit {CORE_STATE_LIMIT})"
+            )
+        if time_limit is not None and time.perf_counter() - started > time_limit:
+            raise LabelTimeout(
+                f"the core algorithm did not prove optimality within {time_limit:g} s "
+                f"({len(weight)} states, core of {t - s + 1} of {m} items)"
+            )
+    x[items[best_take]] = 1
+    return x
+
+
+def solve_gurobi(w, v, capacity, time_limit=None):
     import gurobipy as gp
 
     with gp.Env(empty=True) as env:
@@ -438,10 +789,14 @@ def solve_gurobi(w, v, capacity):
         with gp.Model(env=env) as m:
             m.Params.MIPGap = 0.0
             m.Params.Threads = 1
+            if time_limit is not None:
+                m.Params.TimeLimit = time_limit
             x = m.addMVar(len(w), vtype=gp.GRB.BINARY)
             m.addConstr(w @ x <= np.floor(capacity))
             m.setObjective(v @ x, gp.GRB.MAXIMIZE)
             m.optimize()
+            if m.Status == gp.GRB.TIME_LIMIT:
+                raise LabelTimeout(f"Gurobi did not prove optimality within {time_limit:g} s")
             if m.Status != gp.GRB.OPTIMAL:
                 raise RuntimeError(f"Gurobi status {m.Status}")
             return (x.X > 0.5).astype(np.uint8)
@@ -466,15 +821,23 @@ def gurobi_usable(n_items):
         return False
 
 
+SOLVE = {"ortools": solve_ortools, "core": solve_core, "gurobi": solve_gurobi}
+
+
 def solve_chunk(job):
-    """Worker: exact labels and seconds per instance of one chunk of instances."""
-    solver, w, v, capacity = job
-    solve = solve_gurobi if solver == "gurobi" else solve_ortools
+    """Worker: exact labels and seconds per instance of one chunk of instances; LabelTimeout
+    naming the instance (its row `first + i`) that could not be proven optimal in time."""
+    solver, w, v, capacity, time_limit, first = job
     x = np.zeros(w.shape, dtype=np.uint8)
     seconds = np.zeros(len(w))
     for i in range(len(w)):
         started = time.perf_counter()
-        x[i] = solve(w[i], v[i], capacity[i])
+        try:
+            x[i] = SOLVE[solver](w[i], v[i], capacity[i], time_limit)
+        except LabelTimeout as err:
+            alpha = capacity[i] / w[i].sum()
+            message = f"instance {first + i} (alpha = W/sum(w) = {alpha:.3f}): {err}"
+            raise LabelTimeout(message) from None
         seconds[i] = time.perf_counter() - started
     return x, seconds
 
@@ -505,15 +868,21 @@ def read_chunk(path, expected_fingerprint, n_rows, n_items):
     return x, seconds
 
 
-def make_labels(w, v, capacity, folder, solver, workers, chunk=LABEL_CHUNK):
+def make_labels(
+    w, v, capacity, folder, solver, workers, chunk=LABEL_CHUNK, time_limit=DEFAULT_TIME_LIMIT
+):
     """Exact labels, solved in chunks by worker processes; each chunk is written atomically with
     the fingerprint of its instances, so an interrupted run resumes where it stopped and a file
-    from other instances is refused. Returns x (S, n), optimal values, seconds per instance."""
+    from other instances is refused. An instance not proven optimal within time_limit seconds
+    stops the run with an error naming it (the chunks solved so far are kept). Returns x (S, n),
+    optimal values, seconds per instance."""
     with common.folder_lock(folder, "these labels"):
-        return solve_missing_chunks(w, v, capacity, folder, solver, workers, chunk)
+        return solve_missing_chunks(w, v, capacity, folder, solver, workers, chunk, time_limit)
 
 
-def solve_missing_chunks(w, v, capacity, folder, solver, workers, chunk):
+def solve_missing_chunks(
+    w, v, capacity, folder, solver, workers, chunk, time_limit=DEFAULT_TIME_LIMIT
+):
     common.remove_stale_temporaries(folder)
     chunks = [(lo, min(lo + chunk, len(w))) for lo in range(0, len(w), chunk)]
 
@@ -525,18 +894,25 @@ def solve_missing_chunks(w, v, capacity, folder, solver, workers, chunk):
 
     todo = [(lo, hi) for lo, hi in chunks if not os.path.exists(path(lo))]
     if todo:
-        jobs = [(solver, w[lo:hi], v[lo:hi], capacity[lo:hi]) for lo, hi in todo]
+        jobs = [(solver, w[lo:hi], v[lo:hi], capacity[lo:hi], time_limit, lo) for lo, hi in todo]
         n_todo = sum(hi - lo for lo, hi in todo)
         context = mp.get_context("spawn")
         with (
             context.Pool(min(workers, len(todo))) as pool,
             tqdm(total=n_todo, desc=f"labels ({solver})", unit="inst") as bar,
         ):
-            for (lo, hi), (x, seconds) in zip(todo, pool.imap(solve_chunk, jobs), strict=True):
-                buffer = io.BytesIO()
-                np.savez(buffer, x=x, seconds=seconds, fingerprint=print_of(lo, hi))
-                common.atomic_write_bytes(path(lo), buffer.getvalue())
-                bar.update(hi - lo)
+            try:
+                for (lo, hi), (x, seconds) in zip(todo, pool.imap(solve_chunk, jobs), strict=True):
+                    buffer = io.BytesIO()
+                    np.savez(buffer, x=x, seconds=seconds, fingerprint=print_of(lo, hi))
+                    common.atomic_write_bytes(path(lo), buffer.getvalue())
+                    bar.update(hi - lo)
+            except LabelTimeout as err:
+                other = [name for name in SOLVERS if name != solver]
+                raise SystemExit(
+                    f"labels in {folder}: {err}. Raise --time-limit, or try --solver "
+                    f"{' or '.join(other)}"
+                ) from None
     parts = [read_chunk(path(lo), print_of(lo, hi), hi - lo, w.shape[1]) for lo, hi in chunks]
     x = np.concatenate([part[0] for part in parts]).astype(np.float64)
     seconds = np.concatenate([part[1] for part in parts])
@@ -546,8 +922,11 @@ def solve_missing_chunks(w, v, capacity, folder, solver, workers, chunk):
     return x, (x * v).sum(1), seconds
 
 
-def data_folder(data_dir, n_items, n_instances, seed, value_range):
-    name = f"uncorrelated_R{value_range}_n{n_items}_S{n_instances}_seed{seed}"
+def data_folder(data_dir, n_items, n_instances, seed, value_range, distribution="uncorrelated"):
+    """Where one class's instances keep their labels: data/knapsack/<class>_R<R>_n_S_seed
+    (similar-weights has no R: its ranges are fixed)."""
+    data_range = "" if distribution == "similar-weights" else f"_R{value_range}"
+    name = f"{distribution}{data_range}_n{n_items}_S{n_instances}_seed{seed}"
     return os.path.join(data_dir, "knapsack", name)
 
 
@@ -556,11 +935,14 @@ def load_data(args, n_items=None, n_instances=None, seed=None):
     n_items = n_items or args.items
     n_instances = n_instances or args.instances
     seed = args.seed if seed is None else seed
-    w, v, capacity = make_instances(n_items, n_instances, seed, args.value_range)
-    solver = args.solver
+    # checkpoints of older runs have neither a class (all were uncorrelated) nor a time limit
+    distribution = getattr(args, "distribution", "uncorrelated")
+    time_limit = getattr(args, "time_limit", DEFAULT_TIME_LIMIT)
+    w, v, capacity = make_instances(n_items, n_instances, seed, args.value_range, distribution)
+    solver = args.solver or default_solver(distribution)
     if solver == "gurobi" and not gurobi_usable(n_items):
-        solver = "ortools"
-    folder = data_folder(args.data_dir, n_items, n_instances, seed, args.value_range)
+        solver = default_solver(distribution)
+    folder = data_folder(args.data_dir, n_items, n_instances, seed, args.value_range, distribution)
     labels = os.path.join(folder, f"labels_{solver}")
     parts = split(n_instances, seed)
     started = time.perf_counter()
@@ -571,10 +953,18 @@ def load_data(args, n_items=None, n_instances=None, seed=None):
         opt = np.full(len(w), np.nan)
         seconds = np.full(len(w), np.nan)
         x[rows], opt[rows], seconds[rows] = make_labels(
-            w[rows], v[rows], capacity[rows], labels + "_valtest", solver, args.workers
+            w[rows],
+            v[rows],
+            capacity[rows],
+            labels + "_valtest",
+            solver,
+            args.workers,
+            time_limit=time_limit,
         )
     else:
-        x, opt, seconds = make_labels(w, v, capacity, labels, solver, args.workers)
+        x, opt, seconds = make_labels(
+            w, v, capacity, labels, solver, args.workers, time_limit=time_limit
+        )
     return {
         "w": w,
         "v": v,
@@ -838,11 +1228,15 @@ RESUME_FREE = {
     "eval_items",
     "eval_instances",
     "tradeoff",
+    "time_limit",
 }
 
 
 def resume_fingerprint(config):
-    return {"problem": "knapsack"} | {k: v for k, v in config.items() if k not in RESUME_FREE}
+    fingerprint = {k: v for k, v in config.items() if k not in RESUME_FREE}
+    if fingerprint.get("distribution") == "uncorrelated":
+        del fingerprint["distribution"]  # runs from before --distribution (all uncorrelated) resume
+    return {"problem": "knapsack"} | fingerprint
 
 
 # ====================================================================== 6. evaluate
@@ -1043,6 +1437,17 @@ def evaluate_tables(model, checkpoint, data, rows, bf16=False):
     }
 
 
+def greedy_row(data, rows=None):
+    """Greedy v/w on instances `rows` (default: all): its table row ('all') and ms per instance."""
+    rows = np.arange(len(data["w"])) if rows is None else rows
+    w, v, capacity = data["w"][rows], data["v"][rows], data["capacity"][rows]
+    started = time.perf_counter()
+    x = greedy(w, v, capacity)
+    ms = 1000 * (time.perf_counter() - started) / len(rows)
+    metrics = solution_metrics(x, data, rows)
+    return summarise(metrics, np.ones(len(rows), dtype=bool)) | {"ms_per_instance": ms}
+
+
 def print_tables(title, name, result, thesis_name=None):
     rows = [
         (name, result["test_raw"]),
@@ -1090,7 +1495,10 @@ def report(
         f"Test split ({len(rows)} instances, n={checkpoint['n_items']}): {name} from {ckpt_path} "
         f"(epoch {checkpoint['epoch']}, selected by {checkpoint.get('selected_by')})"
     )
-    thesis_name = name if checkpoint["config"].get("value_range") == THESIS_VALUE_RANGE else None
+    config = checkpoint["config"]
+    thesis_data = config.get("value_range") == THESIS_VALUE_RANGE
+    thesis_data &= config.get("distribution", "uncorrelated") == "uncorrelated"
+    thesis_name = name if thesis_data else None
     md = print_tables(title, name, result, thesis_name)
     for n, other in eval_data:
         every = np.arange(len(other["w"]))
@@ -1287,12 +1695,17 @@ def main(argv=None):
         return
     data = load_data(args)
     print(
-        f"{args.instances} instances, n={args.items}, R={args.value_range}: labels by "
-        f"{data['solver']}, {1000 * np.nanmean(data['solve_seconds']):.3f} ms per instance "
-        f"(one core), {data['label_wall_seconds']:.1f} s wall with {args.workers} workers "
-        "(0 when cached)"
+        f"{args.instances} instances of {args.distribution}, n={args.items}, R={args.value_range}: "
+        f"labels by {data['solver']}, {1000 * np.nanmean(data['solve_seconds']):.3f} ms per "
+        f"instance (one core), {data['label_wall_seconds']:.1f} s wall with {args.workers} "
+        "workers (0 when cached)"
     )
     if args.labels_only:
+        row = greedy_row(data)
+        print(
+            f"greedy v/w on all {row['n']} instances: AR {row['ar']:.5f}, "
+            f"{row['pct_violated']:.1f} % violated, {row['ms_per_instance']:.4f} ms per instance"
+        )
         return
     if args.grid:
         grid(args, data)

@@ -36,7 +36,7 @@ def test_labels_of_other_instances_are_refused(tmp_path):
     w, v, capacity = ks.make_instances(12, 40, seed=0)
     folder = tmp_path / "labels"
     ks.make_labels(w, v, capacity, folder, "ortools", workers=1, chunk=20)
-    first, second = sorted(name for name in os.listdir(folder) if name.endswith(".npz"))
+    first, second = sorted(name for name in os.listdir(folder) if name.startswith("chunk_"))
     os.replace(folder / first, folder / second)  # one chunk copied over another
     with pytest.raises(SystemExit, match=f"{second}: these labels belong to other instances"):
         ks.make_labels(w, v, capacity, folder, "ortools", workers=1, chunk=20)
@@ -112,8 +112,11 @@ def test_a_checkpoint_of_another_problem_or_size_gets_one_sentence(tmp_path):
         ks.load_model(other)
     out = tmp_path / "fc"
     ks.main(tiny(tmp_path, "--model", "fc", "--out", str(out)))
+    flags = tiny(
+        tmp_path, "--pretrained", str(out / "fc.pt"), "--out", str(tmp_path / "pre"), items=14
+    )
     with pytest.raises(SystemExit, match="trained for n=12 items, this run has n=14"):
-        ks.main(tiny(tmp_path, "--pretrained", str(out / "fc.pt"), items=14))
+        ks.main(flags)
 
 
 def test_resume_names_the_settings_that_changed(tmp_path):

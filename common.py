@@ -48,16 +48,15 @@ def _umask():
     return mask
 
 
-def remove_stale_temporaries(folder, older_than_seconds=0.0):
-    """Delete what killed atomic writes left in `folder` (a later run calls this on start)."""
+def remove_stale_temporaries(folder):
+    """Delete what killed atomic writes left in `folder` (a later run calls this on start, under
+    the folder's lock, so no live write is touched)."""
     if not os.path.isdir(folder):
         return
-    now = time.time()
     for name in os.listdir(folder):
-        path = os.path.join(folder, name)
-        if name.startswith(TEMPORARY_PREFIX) and now - os.path.getmtime(path) >= older_than_seconds:
+        if name.startswith(TEMPORARY_PREFIX):
             try:
-                os.remove(path)
+                os.remove(os.path.join(folder, name))
             except FileNotFoundError:
                 pass
 

@@ -1102,6 +1102,11 @@ def batch_loss(logits, y, w, capacity, multiplier, k, ldf, unit="raw", v=None):
 
 
 # ====================================================================== 5. train
+def selection(args):
+    """The criterion whose best checkpoint is the model: LDF's mu-loss, FC's validation AR."""
+    return f"mu{args.select_mu:g}" if args.model == "ldf" else "ar"
+
+
 def train(args, data, out):
     """Train one model with the shared LDF loop, common.train_ldf; returns (state, selected)."""
     device = common.pick_device(args.device)
@@ -1177,7 +1182,7 @@ def train(args, data, out):
 
     mu_names = [f"mu{mu:g}" for mu in args.mu]
     track = ["ar", "loss"] + (mu_names if ldf else [])  # the thesis' stopping criteria
-    select = f"mu{args.select_mu:g}" if ldf else "ar"
+    select = selection(args)
     saved = {"norm": norm, "config": config, "n_items": n}
     try:
         return common.train_ldf(
@@ -1581,8 +1586,8 @@ def tradeoff(folder):
         for row, name, cfg in points:
             label = f"{name} s={cfg['step']:g}"
             ax.annotate(label, (row["pct_violated"], row["ar"] - 1), fontsize=6)
-    greedy_row = runs[0]["greedy"]["all"]
-    greedy_point = ([greedy_row["pct_violated"]], [greedy_row["ar"] - 1])
+    greedy_all = runs[0]["greedy"]["all"]
+    greedy_point = ([greedy_all["pct_violated"]], [greedy_all["ar"] - 1])
     ax.scatter(*greedy_point, marker="*", s=120, label="greedy v/w")
     ax.set(
         xlabel="% of test instances violated",
@@ -1603,7 +1608,6 @@ def run(args, data):
 
 
 def train_and_report(args, data):
-    common.remove_stale_temporaries(args.out)
     state, selected = train(args, data, args.out)
     if not os.path.exists(selected):
         raise SystemExit(f"no checkpoint was selected in {args.out} (stopped: {state['stopped']})")
@@ -1611,8 +1615,8 @@ def train_and_report(args, data):
     with open(selected, "rb") as f:
         common.atomic_write_bytes(final, f.read())
     plots(state["history"], args.out, args.k)
-    select = os.path.basename(selected)[len("best_") : -len(".pt")]
-    best_value, best_epoch, best_seconds = state["best"][select]
+    select = selection(args)
+    _, best_epoch, best_seconds = state["best"][select]
     extra = {
         "stopped": state["stopped"],
         "epochs_run": state["epoch"],

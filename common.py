@@ -89,6 +89,44 @@ def set_threads(threads=None):
         torch.set_num_threads(threads)
 
 
+# ---------------------------------------------------------------- distributed work (Dask)
+SCHEDULER_VARIABLE = "LDF_DASK_SCHEDULER"  # a running Dask scheduler's address, like --cluster
+CONNECT_SECONDS = 30
+
+
+@contextlib.contextmanager
+def dask_client(workers, cluster=None):
+    """A dask.distributed Client for the block: to the running scheduler at `cluster` (or at
+    $LDF_DASK_SCHEDULER), else to a local cluster of `workers` single-threaded processes started
+    here and stopped after the block (no set-up). A local worker that dies is restarted and its
+    tasks run again."""
+    import logging
+
+    from dask.distributed import Client, LocalCluster
+
+    address = cluster or os.environ.get(SCHEDULER_VARIABLE)
+    if address:
+        try:
+            client = Client(address, timeout=CONNECT_SECONDS)
+        except (OSError, TimeoutError) as err:
+            raise SystemExit(
+                f"--cluster {address}: no Dask scheduler answered within {CONNECT_SECONDS} s "
+                f"({err})"
+            ) from None
+        with client:
+            yield client
+        return
+    local = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+    with local, Client(local) as client:
+        yield client
+
+
 def atomic_write_bytes(path, data):
     """Write `data` to `path` so that a reader (or an interrupt) never sees a partial file."""
     path = os.fspath(path)

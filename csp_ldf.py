@@ -25,9 +25,7 @@ import hashlib
 import io
 import json
 import math
-import multiprocessing
 import os
-import signal
 import sys
 import threading
 import time
@@ -1072,12 +1070,17 @@ def check_schedule(
 
 # ================================================================ label generation
 LABEL_KEYS = (*DECISION_KEYS, "objective", "bound", "gap", "status", "solver", "seconds")
-LABEL_FILE_KEYS = ("price", *LABEL_KEYS, "index")  # what every label file holds
+LABEL_FILE_KEYS = ("price", *LABEL_KEYS, "index", "fixed_cost")  # what every label file holds
 # what a label folder's labels follow from, besides the loads and the price series
 INSTANCE_ARRAYS = ("rooms", "large", "load", "dur", "value", "penalty", "cap", "m", "eff")
 INSTANCE_NUMBERS = ("n_rec", "n_oneoff", "n_small", "n_large", "days", "first_weekday")
 CONFIG_KEYS = ("instance", "seed", "block", "fingerprint")  # config.json; the rest: solver settings
-_WORKER = {}  # per solver process: the MIP, STL parts and reference label of one label folder
+_WORKER = {}  # per solver process: fingerprint -> (MIP, STL parts) of the label set it works on
+# how a label is solved (_solve_highs), part of every label set's fingerprint
+LABEL_METHOD = (
+    f"LP bound; MIP on the LP support, the warm start and the {CANDIDATE_COLUMNS} starts of lowest "
+    f"reduced cost (gap {RESTRICTED_GAP}); the full MIP if not within the gap"
+)
 
 
 def label_fingerprint(inst, base, solar, price, seed, block, solve_kw):
@@ -1086,6 +1089,7 @@ def label_fingerprint(inst, base, solar, price, seed, block, solve_kw):
     scenarios' STL parts), the scenario seed and block, and the solver settings."""
     numbers = {key: int(inst[key]) for key in INSTANCE_NUMBERS}
     described = dict(numbers, prec=inst["prec"], seed=seed, block=block, solve=solve_kw)
+    described["method"] = LABEL_METHOD
     digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
     for array in (*(inst[key] for key in INSTANCE_ARRAYS), base, solar, price):
         digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
@@ -1167,21 +1171,19 @@ def read_label_config(folder):
     return config
 
 
-def _solve_scenario(job):
-    """Worker: label scenario i, warm-started from the reference label (the MIP is built once per
-    process and label folder)."""
-    cfg, i = job
-    if _WORKER.get("out") != cfg["out"]:
-        _WORKER["mip"] = build_mip(cfg["inst"], cfg["base"], cfg["solar"])
-        _WORKER["parts"] = stl_parts(cfg["price"])
-        _WORKER["ref"] = load_label(cfg["out"] / "reference.npz")
-        _WORKER["out"] = cfg["out"]  # last: the cache is complete
-    price, _ = price_scenario(_WORKER["parts"], cfg["block"], cfg["seed"], i)
-    label = solve(_WORKER["mip"], price, start=_WORKER["ref"], **cfg["solve"])
-    path = cfg["out"] / f"label_{i:05d}.npz"
-    provenance = dict(index=i, seed=cfg["seed"], block=cfg["block"], fingerprint=cfg["fingerprint"])
-    save_label(path, label, price, cfg["inst"], cfg["base"], cfg["solar"], **provenance)
-    return label
+def label_scenario(cfg, i):
+    """Label scenario i of the label set `cfg`, warm-started from its reference label -> (i, price,
+    label). Runs in a Dask worker process (or in this one); the MIP and the STL parts are built once
+    per process and label set, and reused for every scenario."""
+    cached = _WORKER.get(cfg["fingerprint"])
+    if cached is None:
+        _WORKER.clear()
+        cached = (build_mip(cfg["inst"], cfg["base"], cfg["solar"]), stl_parts(cfg["price"]))
+        _WORKER[cfg["fingerprint"]] = cached
+    mip, parts = cached
+    price, _ = price_scenario(parts, cfg["block"], cfg["seed"], i)
+    label = solve(mip, price, start=cfg["reference"], **cfg["solve"])
+    return i, price, label
 
 
 def _label_config(out, config):
@@ -1224,15 +1226,21 @@ def generate_labels(
     shard=(0, 1),
     limit=None,
     progress=True,
+    dataset=None,
+    cluster=None,
+    loads="forecast",
     **solve_kw,
 ):
-    """Label this shard's scenarios of 0..n-1 into out/label_#####.npz, skipping those already
-    there (resume), each warm-started from out/reference.npz (the real price's label) so that a
-    label does not depend on interruptions. Returns the folder's summary (also summary.json).
+    """Label this shard's scenarios of 0..n-1 that neither `dataset` nor `out` holds yet into
+    out/label_#####.npz (resume), each warm-started from the reference label (the real price's)
+    so that a label does not depend on interruptions; with `dataset`, every complete block of
+    SHARD_SCENARIOS scenarios is packed into a shard there (pack_shards). Workers: this process
+    (workers=1, no cluster) or Dask (solve_on_dask). Returns the summary (also summary.json).
 
     The folder's config.json and every label carry the fingerprint of the inputs and settings
     (label_fingerprint): a folder made from others is refused. A second run on the folder waits
     for the first (a lock), then solves only what is left; temporaries of killed writes go."""
+    started = time.perf_counter()
     out = Path(out)
     fingerprint = label_fingerprint(inst, base, solar, price, seed, block, solve_kw)
     config = dict(instance=inst["name"], seed=seed, block=block, **solve_kw)
@@ -1240,74 +1248,360 @@ def generate_labels(
         common.remove_stale_temporaries(out)
         _label_config(out, {**config, "fingerprint": fingerprint})
         reference = out / "reference.npz"
+        packed = read_manifest(dataset, fingerprint) if dataset else {}
         if reference.exists():
             read_labels([reference], fingerprint, out)
+        elif packed:  # a fresh clone: the dataset's reference label, unchanged
+            atomic_write_bytes(reference, _checked_file(Path(dataset), packed["reference"]))
         else:
             label = solve(build_mip(inst, base, solar), price, **solve_kw)
             provenance = dict(index=-1, seed=seed, block=block, fingerprint=fingerprint)
+            provenance["fixed_cost"] = fixed_cost(price, base, solar)
             save_label(reference, label, price, inst, base, solar, **provenance)
         cfg = dict(inst=inst, base=base, solar=solar, price=price, out=out, solve=solve_kw)
-        cfg.update(config, fingerprint=fingerprint)
-        _solve_missing(cfg, n, shard, limit, workers, progress)
-        return label_summary(out, fingerprint)
+        cfg.update(config, fingerprint=fingerprint, reference=load_label(reference), loads=loads)
+        done = set(packed_indices(packed))
+        shard_index, n_shards = shard
+        todo = [
+            i
+            for i in range(shard_index, n, n_shards)
+            if i not in done and not (out / f"label_{i:05d}.npz").exists()
+        ]
+        todo = todo[:limit]
+        if dataset:
+            pack_shards(cfg, dataset, n)
+        solved = 0
+        for i, scenario, label in _solve(cfg, todo, workers, cluster, progress):
+            save_scenario(cfg, i, scenario, label)
+            solved += 1
+            if dataset and _shard_complete(cfg, dataset, i, n):
+                pack_shards(cfg, dataset, n)
+        summary = label_summary(out, fingerprint, dataset)
+        hours = (time.perf_counter() - started) / 3600
+        summary.update(
+            this_run_labels=solved,
+            this_run_workers=workers if cluster is None else cluster,
+            this_run_labels_per_hour=solved / hours,
+        )
+        return summary
 
 
-def _ignore_interrupts():
-    """Pool initializer: a solver process ignores Ctrl-C; the main process terminates it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def save_scenario(cfg, i, price, label):
+    """Check a solved scenario's schedule and write it atomically to out/label_#####.npz."""
+    provenance = dict(index=i, seed=cfg["seed"], block=cfg["block"], fingerprint=cfg["fingerprint"])
+    provenance["fixed_cost"] = fixed_cost(price, cfg["base"], cfg["solar"])
+    path = cfg["out"] / f"label_{i:05d}.npz"
+    save_label(path, label, price, cfg["inst"], cfg["base"], cfg["solar"], **provenance)
 
 
-def _solve_missing(cfg, n, shard, limit, workers, progress):
-    """Solve this shard's scenarios of 0..n-1 that have no label file yet (at most `limit`)."""
+def _solve(cfg, todo, workers, cluster, progress):
+    """Yield (i, price, label) for the scenarios `todo` as they are solved, with a progress bar:
+    in this process (workers=1 and no cluster), else on Dask (solve_on_dask)."""
     from tqdm import tqdm
 
-    out = cfg["out"]
-    shard_index, n_shards = shard
-    todo = [i for i in range(shard_index, n, n_shards) if not (out / f"label_{i:05d}.npz").exists()]
-    todo = todo[:limit]
-    jobs = [(cfg, i) for i in todo]
-
-    def show(labels):
-        bar = tqdm(
-            labels,
-            total=len(todo),
-            disable=not progress,
-            desc=f"labels {cfg['instance']}",
-            unit="label",
-        )
-        with bar:
-            for label in bar:
-                bar.set_postfix(s=f"{label['seconds']:.1f}", gap=f"{label['gap']:.4f}")
-
-    if workers > 1:  # on Ctrl-C this process stops the workers (they ignore SIGINT themselves)
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(workers, initializer=_ignore_interrupts) as pool:
-            show(pool.imap_unordered(_solve_scenario, jobs))
+    task = {key: value for key, value in cfg.items() if key != "out"}
+    if workers == 1 and cluster is None:
+        solved = (label_scenario(task, i) for i in todo)
     else:
-        show(map(_solve_scenario, jobs))
+        solved = solve_on_dask(task, todo, workers, cluster)
+    bar = tqdm(
+        solved,
+        total=len(todo),
+        disable=not progress,
+        desc=f"labels {cfg['instance']}",
+        unit="label",
+    )
+    with bar:
+        for i, price, label in bar:
+            bar.set_postfix(s=f"{label['seconds']:.1f}", gap=f"{label['gap']:.4f}")
+            yield i, price, label
 
 
-def label_summary(out, fingerprint=None):
-    """Times, gaps, solvers and statuses of the labels in folder `out` (each checked to carry
-    `fingerprint`), also to summary.json."""
-    labels = read_labels(sorted(out.glob("label_*.npz")), fingerprint, out)
-    if not labels:
+IN_FLIGHT_PER_THREAD = 2  # tasks given to the cluster at once, per worker thread
+
+
+def solve_on_dask(task, todo, workers, cluster):
+    """Yield (i, price, label) as a Dask cluster solves the scenarios `todo`: the scheduler at
+    `cluster` (or $LDF_DASK_SCHEDULER), else a local cluster of `workers` processes. Dask runs a
+    killed worker's tasks again elsewhere; this process writes every result, so each scenario is
+    written once. A few tasks are in flight at a time, so that Ctrl-C or an error stops soon."""
+    from dask.distributed import as_completed
+
+    import csp_ldf  # workers import this module by name and keep its _WORKER cache
+
+    with common.dask_client(workers, cluster) as client:
+        threads = sum(client.nthreads().values())
+        in_flight = IN_FLIGHT_PER_THREAD * max(threads, workers)
+        waiting = iter(todo)
+
+        def submit(i):
+            key = f"csp-label-{task['fingerprint'][:12]}-{i}"
+            return client.submit(csp_ldf.label_scenario, task, i, key=key, pure=False)
+
+        first = [submit(i) for _, i in zip(range(in_flight), waiting, strict=False)]
+        running = as_completed(first)
+        for future in running:
+            yield future.result()
+            following = next(waiting, None)
+            if following is not None:
+                running.add(submit(following))
+
+
+def label_summary(out, fingerprint=None, dataset=None):
+    """Times, gaps (on the total and on the controllable cost), solvers and statuses of the labels
+    of the dataset (if any) and of folder `out` (each checked to carry `fingerprint`), also to
+    out/summary.json."""
+    rows = []
+    manifest = read_manifest(dataset, fingerprint) if dataset else {}
+    for entry in manifest.get("shards", []):
+        rows += [dict(row, solver=manifest["solver"]) for row in _manifest_rows(entry)]
+    packed = {row["index"] for row in rows}
+    paths = [path for path in sorted(out.glob("label_*.npz")) if label_index(path) not in packed]
+    for label in read_labels(paths, fingerprint, out):
+        rows.append(label_row(label))
+    if not rows:
         return {}
-    seconds = np.array([label["seconds"] for label in labels])
-    gaps = np.array([label["gap"] for label in labels])
-    statuses = [label["status"] for label in labels]
+    seconds = np.array([row["seconds"] for row in rows])
+    gaps = np.array([row["gap"] for row in rows])
+    controllable = np.array([row["gap_controllable"] for row in rows])
+    statuses = [row["status"] for row in rows]
     summary = dict(
-        labels=len(labels),
+        labels=len(rows),
+        in_dataset=len(packed),
         seconds_mean=seconds.mean(),
         seconds_median=np.median(seconds),
         seconds_max=seconds.max(),
         gap_mean=gaps.mean(),
         gap_max=gaps.max(),
-        solver=sorted({label["solver"] for label in labels}),
+        gap_controllable_median=np.median(controllable),
+        gap_controllable_mean=controllable.mean(),
+        gap_dollars_mean=np.mean([row["objective"] - row["bound"] for row in rows]),
+        solver=sorted({row["solver"] for row in rows}),
         status={status: statuses.count(status) for status in sorted(set(statuses))},
     )
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+# ---------------------------------------------------------------- the label dataset
+# Labels kept in the repository: per label set, a folder datasets/csp/<name> (the name of its
+# label folder) with manifest.json, reference.npz and shard_#####.npz, each shard the scenarios
+# [SHARD_SCENARIOS k, SHARD_SCENARIOS (k + 1)) compressed. Price scenarios are not stored: they are
+# rebuilt from the seed and checked against the hash each label keeps.
+DATASET_FOLDER = "datasets/csp"
+SHARD_SCENARIOS = 250
+SHARD_MAX_BYTES = 2 * 1024 * 1024
+PRICE_HASH_DECIMALS = 4  # the rebuilt series is hashed to 1e-4 $/MWh (STL's rounding may differ)
+MANIFEST_FORMAT = 1
+SHARD_ARRAYS = dict(index=np.int32, recurring_start=np.int16, oneoff_start=np.int16)
+SHARD_ARRAYS["battery_state"] = np.int8
+MANIFEST_LABEL_KEYS = (
+    "index",
+    "objective",
+    "bound",
+    "gap",
+    "gap_controllable",
+    "fixed_cost",
+    "seconds",
+    "status",
+    "price_hash",
+)
+
+
+def fixed_cost(price, base, solar):
+    """The cost of the base load net of solar, which no decision changes."""
+    return float(SLOT_MWH_PER_KW * price @ (base - solar))
+
+
+def price_hash(price):
+    """A short SHA-256 of a price series rounded to PRICE_HASH_DECIMALS."""
+    rounded = np.round(np.asarray(price, np.float64), PRICE_HASH_DECIMALS) + 0.0  # no -0.0
+    return hashlib.sha256(rounded.tobytes()).hexdigest()[:16]
+
+
+def label_row(label):
+    """A label's manifest entry: objective, bound and proven gap on the total cost and on the
+    controllable cost (total - fixed_cost), seconds, status, price hash."""
+    fixed = float(label["fixed_cost"])
+    spread = max(abs(label["objective"] - fixed), 1e-9)
+    row = {key: label[key] for key in ("index", "objective", "bound", "gap", "seconds", "status")}
+    row.update(
+        fixed_cost=fixed,
+        gap_controllable=(label["objective"] - label["bound"]) / spread,
+        price_hash=price_hash(label["price"]),
+        solver=label["solver"],
+    )
+    return {
+        key: value.item() if isinstance(value, np.generic) else value for key, value in row.items()
+    }
+
+
+def _manifest_rows(entry):
+    """A shard entry's per-label columns as rows."""
+    columns = entry["labels"]
+    return [
+        dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
+    ]
+
+
+def packed_indices(manifest):
+    """The scenarios a dataset manifest holds."""
+    return [i for entry in manifest.get("shards", []) for i in entry["labels"]["index"]]
+
+
+def read_manifest(dataset, fingerprint=None):
+    """A dataset folder's manifest.json ({} if absent); a SystemExit naming the file when it is
+    unreadable or belongs to other inputs or settings than `fingerprint`."""
+    path = Path(dataset) / "manifest.json"
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+        manifest["shards"], manifest["fingerprint"], manifest["reference"]  # noqa: B018
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise SystemExit(
+            f"{path}: not a readable label manifest ({type(err).__name__}: {err}); restore it "
+            "with git checkout, or delete the folder to label again"
+        ) from None
+    if fingerprint is not None and manifest["fingerprint"] != fingerprint:
+        raise SystemExit(
+            f"{path}: these labels were made from other inputs or settings (instance, loads, "
+            "price series, seed, block, solver settings or method) than this run's: pass "
+            "another --dataset, or the settings it names"
+        )
+    return manifest
+
+
+def _checked_file(folder, entry):
+    """A dataset file's bytes, checked against the SHA-256 of its manifest entry."""
+    path = folder / entry["file"]
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise SystemExit(f"{path}: listed in the manifest but unreadable ({err})") from None
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise SystemExit(
+            f"{path}: its checksum differs from manifest.json's: the file is damaged or was "
+            "changed; restore it with git checkout"
+        )
+    return data
+
+
+def _shard_complete(cfg, dataset, i, n):
+    """Whether scenario i's shard (within 0..n-1) now has every label in the label folder."""
+    first = i - i % SHARD_SCENARIOS
+    if first + SHARD_SCENARIOS > n:
+        return False
+    scenarios = range(first, first + SHARD_SCENARIOS)
+    return all((cfg["out"] / f"label_{j:05d}.npz").exists() for j in scenarios)
+
+
+def pack_shards(cfg, dataset, n):
+    """Pack every block of SHARD_SCENARIOS scenarios within 0..n-1 that the label folder holds
+    whole and the dataset does not into a compressed shard; then write the manifest (atomic, the
+    shard first)."""
+    dataset = Path(dataset)
+    with common.folder_lock(dataset, "this label dataset"):
+        common.remove_stale_temporaries(dataset)
+        manifest = read_manifest(dataset, cfg["fingerprint"]) or _new_manifest(cfg, dataset)
+        have = {entry["first"] for entry in manifest["shards"]}
+        for first in range(0, n - SHARD_SCENARIOS + 1, SHARD_SCENARIOS):
+            paths = [
+                cfg["out"] / f"label_{i:05d}.npz" for i in range(first, first + SHARD_SCENARIOS)
+            ]
+            if first in have or not all(path.exists() for path in paths):
+                continue
+            labels = read_labels(paths, cfg["fingerprint"], cfg["out"])
+            manifest["shards"].append(_write_shard(dataset, first, labels))
+            manifest["shards"].sort(key=lambda entry: entry["first"])
+            atomic_write_json(dataset / "manifest.json", manifest)
+
+
+def _new_manifest(cfg, dataset):
+    """A new dataset's manifest, with its reference label written (compressed) beside it."""
+    import highspy
+
+    reference = load_label(cfg["out"] / "reference.npz")
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **reference)
+    data = buffer.getvalue()
+    atomic_write_bytes(dataset / "reference.npz", data)
+    version = highspy.Highs().version()
+    return dict(
+        format=MANIFEST_FORMAT,
+        instance=cfg["instance"],
+        loads=cfg["loads"],
+        seed=cfg["seed"],
+        block=cfg["block"],
+        solve=cfg["solve"],
+        solver=str(reference["solver"]),
+        solver_version=f"highspy {version}" if reference["solver"] == "highs" else "gurobipy",
+        method=LABEL_METHOD,
+        fingerprint=cfg["fingerprint"],
+        shard_scenarios=SHARD_SCENARIOS,
+        reference=dict(file="reference.npz", sha256=hashlib.sha256(data).hexdigest()),
+        shards=[],
+    )
+
+
+def _write_shard(dataset, first, labels):
+    """One shard file -> its manifest entry (file, checksum, per-label columns)."""
+    arrays = {
+        key: np.array([label[key] for label in labels], dtype)
+        for key, dtype in SHARD_ARRAYS.items()
+    }
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    data = buffer.getvalue()
+    name = f"shard_{first // SHARD_SCENARIOS:05d}.npz"
+    if len(data) > SHARD_MAX_BYTES:
+        raise RuntimeError(
+            f"{name}: {len(data)} bytes, above SHARD_MAX_BYTES: lower SHARD_SCENARIOS"
+        )
+    atomic_write_bytes(dataset / name, data)
+    rows = [label_row(label) for label in labels]
+    columns = {key: [row[key] for row in rows] for key in MANIFEST_LABEL_KEYS}
+    return dict(
+        file=name,
+        sha256=hashlib.sha256(data).hexdigest(),
+        first=first,
+        count=len(labels),
+        bytes=len(data),
+        labels=columns,
+    )
+
+
+def read_dataset(dataset, fingerprint, price, limit=None):
+    """The labels of a dataset folder (scenarios below `limit`), in label-file form, and its
+    reference label: every shard checked against its checksum and every rebuilt price scenario
+    against its label's hash. ([], None) when there is no manifest."""
+    dataset = Path(dataset)
+    manifest = read_manifest(dataset, fingerprint)
+    if not manifest:
+        return [], None
+    with np.load(io.BytesIO(_checked_file(dataset, manifest["reference"]))) as z:
+        reference = {key: z[key].item() if z[key].ndim == 0 else z[key] for key in z.files}
+    parts = stl_parts(price)
+    labels = []
+    for entry in manifest["shards"]:
+        path = dataset / entry["file"]
+        with np.load(io.BytesIO(_checked_file(dataset, entry))) as z:
+            arrays = {key: z[key] for key in SHARD_ARRAYS}
+        for k, row in enumerate(_manifest_rows(entry)):
+            i = row["index"]
+            if limit is not None and i >= limit:
+                continue
+            scenario, _ = price_scenario(parts, manifest["block"], manifest["seed"], i)
+            if price_hash(scenario) != row["price_hash"]:
+                raise SystemExit(
+                    f"{path}: scenario {i}'s price series, rebuilt from seed {manifest['seed']}, "
+                    "differs from the one it was labelled with (its hash): this statsmodels / "
+                    "numpy computes other scenarios; use the versions of requirements.txt"
+                )
+            label = {key: arrays[key][k] for key in SHARD_ARRAYS}
+            label.update(row, price=scenario, solver=manifest["solver"])
+            labels.append(label)
+    return labels, reference
 
 
 # ================================================================ 4.3 model
@@ -1353,8 +1647,9 @@ def _check_label_shapes(label, path, inst, n_slots):
             )
 
 
-def load_dataset(inst, base, solar, folder, seed=0, limit=None, price=None):
-    """The labels of scenarios 0..limit-1 (all if None) in `folder` as arrays, split
+def load_dataset(inst, base, solar, folder, seed=0, limit=None, price=None, dataset=None):
+    """The labels of scenarios 0..limit-1 (all if None) in the label dataset `dataset` (shards,
+    read first; needs `price`) and in the label folder `folder`, as arrays, split
     80/10/10 by a draw per scenario index and seed: a scenario stays in its split as labels are
     added (the first draws go to test and validation if too few did).
 
@@ -1373,20 +1668,40 @@ def load_dataset(inst, base, solar, folder, seed=0, limit=None, price=None):
                 "price series or the loads) than this run's: pass another --out, or delete the "
                 "folder and make the labels again with --mode labels"
             )
-    paths = sorted(folder.glob("label_*.npz"))
+    packed, reference_label = [], None
+    manifest = read_manifest(dataset) if dataset and price is not None else {}
+    if manifest:
+        if fingerprint and fingerprint != manifest["fingerprint"]:
+            raise SystemExit(
+                f"{folder} and {dataset} hold labels made with other inputs or settings: "
+                "delete the label folder (or pass another --out)"
+            )
+        now = label_fingerprint(
+            inst, base, solar, price, manifest["seed"], manifest["block"], manifest["solve"]
+        )
+        packed, reference_label = read_dataset(dataset, now, price, limit)
+        fingerprint = manifest["fingerprint"]
+    for label in packed:
+        _check_label_shapes(label, Path(dataset) / "manifest.json", inst, len(base))
+    in_dataset = {label["index"] for label in packed}
+    paths = [
+        path for path in sorted(folder.glob("label_*.npz")) if label_index(path) not in in_dataset
+    ]
     if limit is not None:
         paths = [path for path in paths if label_index(path) < limit]
     reference = folder / "reference.npz"  # the real price's label: a feasible class schedule
-    has_reference = reference.exists()
-    if has_reference:
+    if reference.exists() and reference_label is None:
         paths.append(reference)
     labels = read_labels(paths, fingerprint, folder)
     for path, label in zip(paths, labels, strict=True):
         _check_label_shapes(label, path, inst, len(base))
-    if has_reference:
+    if reference.exists() and reference_label is None:
         reference_label = labels.pop()
+    has_reference = reference_label is not None
+    labels = sorted(packed + labels, key=lambda label: label["index"])
     if len(labels) < 3:
-        raise SystemExit(f"{folder}: {len(labels)} labels; make some with --mode labels first")
+        where = f"{dataset} and {folder}" if dataset else folder
+        raise SystemExit(f"{where}: {len(labels)} labels; make some with --mode labels first")
     ds = dict(inst=inst, base=base, solar=solar)
     for key, dtype in LABEL_ARRAYS.items():
         ds[key] = np.array([label[key] for label in labels], dtype)
@@ -2038,6 +2353,8 @@ OPTION_MODES = {
     "seed": (*READING_LABELS, "labels", "figure2"),
     "max_labels": READING_LABELS,
     "out": (*READING_LABELS, "labels"),
+    "dataset": (*READING_LABELS, "labels"),
+    "cluster": ("labels",),
     "instances": ("labels",),
     "workers": ("labels",),
     "shard": ("labels",),
@@ -2107,12 +2424,28 @@ def parse_args(argv=None):
     s.add_argument(
         "--instances", type=positive_int, default=1000, help="scenarios to label (default 1000)"
     )
-    s.add_argument("--workers", type=positive_int, default=2, help="solver processes (default 2)")
+    s.add_argument(
+        "--workers",
+        type=positive_int,
+        default=2,
+        help="solver processes of the local Dask cluster (default 2; 1: solve in this process)",
+    )
+    s.add_argument(
+        "--cluster",
+        help="address of a running Dask scheduler (default $LDF_DASK_SCHEDULER, else a local\n"
+        "cluster of --workers processes), e.g. tcp://10.0.0.5:8786; see README (SLURM)",
+    )
     s.add_argument(
         "--shard", default="0/1", help="k/n: label only scenarios i with i %% n == k (job arrays)"
     )
     s.add_argument(
         "--out", default="data/csp_labels", help="label folder (default data/csp_labels)"
+    )
+    s.add_argument(
+        "--dataset",
+        default=DATASET_FOLDER,
+        help=f"label dataset kept in the repository, read first (default {DATASET_FOLDER});\n"
+        "complete shards of new labels are added to it",
     )
     s.add_argument(
         "--solver", choices=["highs", "gurobi"], default="highs", help="gurobi falls back to HiGHS"
@@ -2271,9 +2604,13 @@ def run_mode(args):
     solve_kw = dict(
         solver=args.solver, gap=args.gap, time_limit=args.time_limit, threads=args.threads
     )
-    labels = Path(args.out) / f"{inst['name']}-{args.loads}-block{args.block}-seed{args.seed}"
+    name = f"{inst['name']}-{args.loads}-block{args.block}-seed{args.seed}"
+    labels = Path(args.out) / name
+    dataset = Path(args.dataset) / name
     if args.mode in READING_LABELS:
-        ds = load_dataset(inst, base, solar, labels, args.seed, args.max_labels, price)
+        ds = load_dataset(
+            inst, base, solar, labels, args.seed, args.max_labels, price, dataset=dataset
+        )
     if args.mode == "train":
         run(args, ds)
     elif args.mode == "evaluate":
@@ -2302,6 +2639,9 @@ def run_mode(args):
             block=args.block,
             workers=args.workers,
             shard=args.shard,
+            dataset=dataset,
+            cluster=args.cluster,
+            loads=args.loads,
             **solve_kw,
         )
         print(json.dumps(summary, default=float))

@@ -27,7 +27,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--instance", default="phase2_instance_small_0")
     p.add_argument("--scenarios", type=int, default=8)
-    p.add_argument("--first", type=int, default=1000, help="first scenario index (seed 0, day blocks)")
+    p.add_argument(
+        "--first", type=int, default=1000, help="first scenario index (seed 0, day blocks)"
+    )
     p.add_argument("--gap", type=float, default=0.01)
     args = p.parse_args()
 

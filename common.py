@@ -120,7 +120,7 @@ def dask_client(workers, cluster=None):
         n_workers=workers,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",  # any free port
         silence_logs=logging.ERROR,
     )
     with local, Client(local) as client:

@@ -154,7 +154,12 @@ def parse_args(argv=None):
         "--workers",
         type=common.positive_int,
         default=max(1, os.cpu_count() or 1),
-        help="label-generation worker processes",
+        help="worker processes: label generation, and the --grid trials (a local Dask cluster)",
+    )
+    g.add_argument(
+        "--cluster",
+        help="--grid: address of a running Dask scheduler for the trials (default "
+        "$LDF_DASK_SCHEDULER, else a local cluster of --workers processes)",
     )
     g.add_argument("--data-dir", default="data", help="where instances and labels are cached")
     g = p.add_argument_group("model and training (defaults: the thesis' selected models)")
@@ -335,6 +340,8 @@ def check_args(parser, args, argv):
     modes = [m for m in ("--eval-only", "--tradeoff", "--labels-only", "--grid") if m in given]
     if len(modes) > 1:
         parser.error(f"{' and '.join(modes)} are different modes: choose one")
+    if "--cluster" in given and "--grid" not in given:
+        parser.error("--cluster runs the --grid trials: add --grid, or drop --cluster")
     if args.eval_only or args.tradeoff:
         ignored = given - {"--eval-only", "--tradeoff", "--data-dir", "--workers", "--decode"}
         ignored -= {"--threads", "--device", "--precision"}
@@ -1644,29 +1651,51 @@ def train_and_report(args, data):
     return results
 
 
+def grid_trial(settings):
+    """One grid trial (a Dask task): read the cached data, train and report in
+    settings["out"] -> the Table 1 row. Each worker process trains with `threads` torch threads."""
+    args = argparse.Namespace(**settings)
+    common.set_threads(args.threads)
+    result = run(args, load_data(args))
+    checkpoint = common.load_checkpoint(os.path.join(args.out, f"{args.model}.pt"))
+    return {
+        "lr": args.lr,
+        "step": args.step,
+        "max_grad_norm": args.max_grad_norm,
+        "selected_by": checkpoint["selected_by"],
+        "val_value": checkpoint["value"],
+        "test_ar": result["test"]["all"]["ar"],
+        "test_pct_violated": result["test"]["all"]["pct_violated"],
+    }
+
+
 def grid(args, data):
-    """Thesis Table 1: every lr x step x max-grad-norm, each selected on validation, one table."""
+    """Thesis Table 1: every lr x step x max-grad-norm, each selected on validation, one table.
+    The trials run as tasks on Dask: a local cluster of --workers processes (the cores shared out
+    as torch threads) or the scheduler at --cluster; the labels are made first, here."""
+    from dask.distributed import as_completed
+
+    import knapsack_ldf  # workers import the module by name
+
     steps = args.grid_step if args.model == "ldf" else [0.0]
-    rows = []
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    trials = []
     for lr, step, grad_norm in itertools.product(args.grid_lr, steps, args.grid_max_grad_norm):
         folder = os.path.join(args.out, f"lr{lr:g}_step{step:g}_gn{grad_norm:g}")
-        sub = argparse.Namespace(
-            **{**vars(args), "lr": lr, "step": step, "max_grad_norm": grad_norm, "out": folder}
-        )
-        print(f"\n=== grid: lr {lr:g}, step {step:g}, max grad norm {grad_norm:g}")
-        result = run(sub, data)
-        checkpoint = common.load_checkpoint(os.path.join(folder, f"{args.model}.pt"))
-        rows.append(
-            {
-                "lr": lr,
-                "step": step,
-                "max_grad_norm": grad_norm,
-                "selected_by": checkpoint["selected_by"],
-                "val_value": checkpoint["value"],
-                "test_ar": result["test"]["all"]["ar"],
-                "test_pct_violated": result["test"]["all"]["pct_violated"],
-            }
-        )
+        settings = {**vars(args), "lr": lr, "step": step, "max_grad_norm": grad_norm}
+        trials.append(dict(settings, out=folder, threads=threads, grid=False))
+    print(f"grid: {len(trials)} trials on Dask ({args.cluster or f'{args.workers} local workers'})")
+    rows = []
+    with common.dask_client(args.workers, args.cluster) as client:
+        futures = [client.submit(knapsack_ldf.grid_trial, trial, pure=False) for trial in trials]
+        for future in as_completed(futures):
+            rows.append(future.result())
+            row = rows[-1]
+            print(
+                f"grid trial {len(rows)}/{len(trials)} done: lr {row['lr']:g}, step "
+                f"{row['step']:g}, max grad norm {row['max_grad_norm']:g}: test AR "
+                f"{row['test_ar']:.5f}, {row['test_pct_violated']:.2f} % violated"
+            )
     rows.sort(key=lambda row: row["val_value"])
     lines = [
         "| lr | step | max grad norm | validation criterion | value | test AR | test % violated |",

@@ -107,6 +107,19 @@ def test_repaired_decodes_of_random_outputs_pass_the_checker(ds):
         res = C.evaluate_schedules(ds, rows, repaired)
         assert res["feasible_pct"] == 100 and not fell_back.any()
         assert all(v["pct_max"] == 0 for v in res["fam"].values())
+        # the controllable cost: the labels' schedules score 1 on it; the repaired ones the
+        # excess over the labels as a share of |label - (base - solar) cost|
+        costs = [
+            C.check_schedule(ds["inst"], ds["base"], ds["solar"], ds["price"][i], *decisions)[0]
+            for i, decisions in zip(rows, zip(*repaired, strict=True), strict=True)
+        ]
+        excess = np.mean(costs - ds["objective"][rows])
+        fixed = C.SLOT_MWH_PER_KW * ds["price"][rows] @ (ds["base"] - ds["solar"])
+        size = np.mean(np.abs(ds["objective"][rows] - fixed))
+        assert res["excess_mean"] == pytest.approx(excess) and excess > 0
+        assert res["ar_controllable"] == pytest.approx(1 + excess / size)
+        labelled = [ds[key][rows] for key in C.DECISION_KEYS]
+        assert C.evaluate_schedules(ds, rows, labelled)["ar_controllable"] == pytest.approx(1)
         raw = C.evaluate_schedules(ds, rows, C.raw_decode(noisy))
         assert raw["fam"]["min or capacity"]["pct_mean"] > 0  # raw does violate
         assert raw["feasible_pct"] < 100

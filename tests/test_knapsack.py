@@ -563,26 +563,19 @@ def test_label_free_training_loss_falls_and_needs_no_training_labels(tmp_path):
     assert (tmp_path / "tradeoff.png").exists()
 
 
-def test_grid_writes_one_table_of_all_runs(tmp_path):
+def test_grid_writes_one_table_of_all_runs(tmp_path, capsys):
+    """Table 1 through the engine of the CSP labels: the trials run on a local Dask cluster of 2
+    worker processes, each in a run folder of its own, then one table, best first."""
+    pytest.importorskip("distributed")
     out = tmp_path / "grid"
-    ks.main(
-        tiny(
-            tmp_path,
-            "--grid",
-            "--grid-lr",
-            "1e-3",
-            "--grid-step",
-            "1e-3",
-            "1e-2",
-            "--grid-max-grad-norm",
-            "1",
-            "--epochs",
-            "1",
-            "--out",
-            str(out),
-        )
-    )
+    flags = tiny(tmp_path, "--grid", "--grid-lr", "1e-3", "--grid-step", "1e-3", "1e-2")
+    flags += ["--grid-max-grad-norm", "1", "--epochs", "1", "--out", str(out)]
+    flags[flags.index("--workers") + 1] = "2"
+    ks.main(flags)
+    assert "grid: 2 trials on Dask (2 local workers)" in capsys.readouterr().out
     rows = json.loads((out / "grid.json").read_text())
     assert {(r["lr"], r["step"]) for r in rows} == {(1e-3, 1e-3), (1e-3, 1e-2)}
     assert [r["val_value"] for r in rows] == sorted(r["val_value"] for r in rows)  # best first
+    for step in ("0.001", "0.01"):
+        assert (out / f"lr0.001_step{step}_gn1" / "ldf.pt").exists()
     assert (out / "grid.md").read_text().count("\n") == 4

@@ -1383,6 +1383,22 @@ def label_summary(out, fingerprint=None, dataset=None):
     return summary
 
 
+def summary_text(summary):
+    """The labels summary in words (--mode labels prints it above its JSON form)."""
+    if not summary:
+        return "no labels yet"
+    return (
+        f"{summary['labels']} labels ({summary['in_dataset']} in the dataset's shards); seconds "
+        f"per label mean {summary['seconds_mean']:.1f}, median {summary['seconds_median']:.1f}, "
+        f"max {summary['seconds_max']:.1f}; proven gap on the total cost mean "
+        f"{100 * summary['gap_mean']:.2f} %, max {100 * summary['gap_max']:.2f} % "
+        f"({summary['gap_dollars_mean']:.1f} $ mean), on the controllable cost median "
+        f"{100 * summary['gap_controllable_median']:.0f} %; statuses {summary['status']}\n"
+        f"this run: {summary['this_run_labels']} labels with {summary['this_run_workers']} "
+        f"worker(s), {summary['this_run_labels_per_hour']:.0f} labels per hour"
+    )
+
+
 # ---------------------------------------------------------------- the label dataset
 # Labels kept in the repository: per label set, a folder datasets/csp/<name> (the name of its
 # label folder) with manifest.json, reference.npz and shard_#####.npz, each shard the scenarios
@@ -2661,6 +2677,7 @@ def run_mode(args):
             loads=args.loads,
             **solve_kw,
         )
+        print(summary_text(summary))
         print(json.dumps(summary, default=float))
 
 

@@ -51,7 +51,7 @@ def test_a_killed_worker_loses_and_duplicates_nothing(tmp_path, csp_tiny, small_
     n = 8
     out, dataset = tmp_path / "labels", tmp_path / "dataset"
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
         cluster.get_client() as client,
     ):
         client.register_plugin(SlowLabels())
@@ -115,6 +115,9 @@ def test_training_reads_the_dataset_without_the_label_folder(tmp_path, csp_tiny,
     assert summary["in_dataset"] == 6 and summary["labels"] == 7
     for key in ("seconds_mean", "gap_mean", "gap_controllable_median", "this_run_labels_per_hour"):
         assert np.isfinite(summary[key]), key
+    text = C.summary_text(summary)
+    assert text.startswith("7 labels (6 in the dataset's shards); seconds per label mean")
+    assert "this run: 7 labels with 1 worker(s)" in text
     with_folder = C.load_dataset(*inputs[:3], folders["out"], price=inputs[3])
     (folders["out"] / "../fresh").mkdir()
     fresh = folders["out"] / "../fresh"  # a fresh clone: the dataset alone

@@ -611,3 +611,20 @@ def test_grid_writes_one_table_of_all_runs(tmp_path, capsys):
     for step in ("0.001", "0.01"):
         assert (out / f"lr0.001_step{step}_gn1" / "ldf.pt").exists()
     assert (out / "grid.md").read_text().count("\n") == 4
+
+
+def test_class_benchmarks_run_at_small_sizes(tmp_path, capsys):
+    """bench/knapsack_classes.py's networks and transfer tables end to end (tiny: their figures
+    are read in bench/knapsack_classes.md, not asserted here)."""
+    from bench import knapsack_classes
+
+    flags = ["--classes", "strongly-correlated", "--ranges", "1000", "--instances", "30"]
+    flags += ["--fc-epochs", "1", "--set-epochs", "1", "--data-dir", str(tmp_path / "data")]
+    flags += ["--runs", str(tmp_path / "runs")]
+    knapsack_classes.main(["networks", *flags])
+    networks = capsys.readouterr().out
+    assert "| strongly-correlated | " in networks and "greedy + swaps" in networks
+    knapsack_classes.main(["transfer", *flags])  # reuses the set model trained above
+    transfer = capsys.readouterr().out
+    for items in (100, 500, 1000):
+        assert f"| strongly-correlated | {items} | " in transfer

@@ -1411,6 +1411,9 @@ PRICE_HASH_DECIMALS = 4  # the rebuilt series is hashed to 1e-4 $/MWh (STL's rou
 MANIFEST_FORMAT = 1
 SHARD_ARRAYS = dict(index=np.int32, recurring_start=np.int16, oneoff_start=np.int16)
 SHARD_ARRAYS["battery_state"] = np.int8
+DOLLAR_DECIMALS = 4  # the manifest's numbers, rounded so that 10,000 labels stay near 1 MB
+RATIO_DIGITS = 6
+SECONDS_DECIMALS = 2
 MANIFEST_LABEL_KEYS = (
     "index",
     "objective",
@@ -1440,16 +1443,20 @@ def label_row(label):
     controllable cost (total - fixed_cost), seconds, status, price hash."""
     fixed = float(label["fixed_cost"])
     spread = max(abs(label["objective"] - fixed), 1e-9)
-    row = {key: label[key] for key in ("index", "objective", "bound", "gap", "seconds", "status")}
-    row.update(
-        fixed_cost=fixed,
-        gap_controllable=(label["objective"] - label["bound"]) / spread,
+    controllable_gap = (label["objective"] - label["bound"]) / spread
+    row = dict(
+        index=int(label["index"]),
+        objective=round(float(label["objective"]), DOLLAR_DECIMALS),
+        bound=round(float(label["bound"]), DOLLAR_DECIMALS),
+        gap=float(f"{label['gap']:.{RATIO_DIGITS}g}"),
+        gap_controllable=float(f"{controllable_gap:.{RATIO_DIGITS}g}"),
+        fixed_cost=round(fixed, DOLLAR_DECIMALS),
+        seconds=round(float(label["seconds"]), SECONDS_DECIMALS),
+        status=str(label["status"]),
         price_hash=price_hash(label["price"]),
-        solver=label["solver"],
     )
-    return {
-        key: value.item() if isinstance(value, np.generic) else value for key, value in row.items()
-    }
+    row["solver"] = str(label["solver"])
+    return row
 
 
 def _manifest_rows(entry):

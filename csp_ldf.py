@@ -1300,7 +1300,7 @@ def _solve(cfg, todo, workers, cluster, progress):
     from tqdm import tqdm
 
     task = {key: value for key, value in cfg.items() if key != "out"}
-    if workers == 1 and cluster is None:
+    if workers == 1 and not (cluster or os.environ.get(common.SCHEDULER_VARIABLE)):
         solved = (label_scenario(task, i) for i in todo)
     else:
         solved = solve_on_dask(task, todo, workers, cluster)
@@ -1330,21 +1330,22 @@ def solve_on_dask(task, todo, workers, cluster):
     import csp_ldf  # workers import this module by name and keep its _WORKER cache
 
     with common.dask_client(workers, cluster) as client:
-        threads = sum(client.nthreads().values())
-        in_flight = IN_FLIGHT_PER_THREAD * max(threads, workers)
         waiting = iter(todo)
+        running = as_completed()
 
-        def submit(i):
-            key = f"csp-label-{task['fingerprint'][:12]}-{i}"
-            return client.submit(csp_ldf.label_scenario, task, i, key=key, pure=False)
+        def top_up():  # the window grows with the cluster (batch-system workers join late)
+            threads = sum(client.nthreads().values())
+            while running.count() < IN_FLIGHT_PER_THREAD * max(threads, workers):
+                i = next(waiting, None)
+                if i is None:
+                    return
+                key = f"csp-label-{task['fingerprint'][:12]}-{i}"
+                running.add(client.submit(csp_ldf.label_scenario, task, i, key=key, pure=False))
 
-        first = [submit(i) for _, i in zip(range(in_flight), waiting, strict=False)]
-        running = as_completed(first)
+        top_up()
         for future in running:
             yield future.result()
-            following = next(waiting, None)
-            if following is not None:
-                running.add(submit(following))
+            top_up()
 
 
 def label_summary(out, fingerprint=None, dataset=None):

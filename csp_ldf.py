@@ -825,6 +825,10 @@ def highs_model(mip, integer, threads):
 # proven gap (0.257 % against 0.253 %) on 8 scenarios of small_0.
 CANDIDATE_COLUMNS = 6000
 RESTRICTED_GAP = 1e-3
+# A HiGHS model re-priced for scenario after scenario slowed down: labels 1200-1276 of the first
+# run took 17.6 s mean (up to 45 s, at gaps far below --gap) where a fresh process took 7-11 s on
+# the same scenarios. Each model is built anew after this many solves (building takes 0.5 s).
+MODEL_REUSES = 100
 RESTRICTIONS = ("reduced-cost", "pays")  # "pays": the path before, kept for bench/csp_labels.py
 
 
@@ -873,9 +877,11 @@ def _solve_highs(mip, price, gap, time_limit, threads, start, seed, restrict):
     n = mip["A"].shape[1]
     n_starts = mip["n_starts"]
     cost, offset, battery_state = objective(mip, price)
-    if "highs" not in mip:  # built once per MIP, re-priced for each scenario
+    if "highs" not in mip or mip["highs_solves"] >= MODEL_REUSES:  # re-priced per scenario
         mip["highs"] = highs_model(mip, True, threads)
         mip["highs_lp"] = highs_model(mip, False, threads)
+        mip["highs_solves"] = 0
+    mip["highs_solves"] += 1
     h = mip["highs"]
     relaxation = mip["highs_lp"]
     all_columns = np.arange(n, dtype=np.int32)

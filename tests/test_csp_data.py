@@ -130,6 +130,20 @@ def test_mip_equals_brute_force(tmp_path, csp_tiny):
     assert label["gap"] <= 1e-9 and label["status"] == "optimal"
 
 
+def test_the_highs_models_are_built_anew_after_model_reuses_solves(tmp_path, csp_tiny, monkeypatch):
+    """A model re-priced for hundreds of scenarios slowed down; every MODEL_REUSES solves the MIP
+    gets fresh HiGHS models, and the labels stay optimal."""
+    monkeypatch.setattr(C, "MODEL_REUSES", 2)
+    inst, base, solar, price = csp_tiny(tmp_path)
+    mip = C.build_mip(inst, base, solar)
+    models = []
+    for scale in (1.0, 1.1, 1.2):
+        label = C.solve(mip, price * scale, gap=0.0, time_limit=60)
+        assert label["objective"] == pytest.approx(brute_force(inst, base, solar, price * scale))
+        models.append(mip["highs"])
+    assert models[0] is models[1] and models[2] is not models[1]
+
+
 def test_mip_refuses_where_grid_can_bind(tmp_path, csp_tiny):
     """The batteries separate from the classes only while grid >= 0 cannot bind; elsewhere
     build_mip says so."""

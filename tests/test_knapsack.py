@@ -624,6 +624,14 @@ def test_class_benchmarks_run_at_small_sizes(tmp_path, capsys):
     knapsack_classes.main(["networks", *flags])
     networks = capsys.readouterr().out
     assert "| strongly-correlated | " in networks and "greedy + swaps" in networks
+    # the table's row is evaluated again after training: the same decisions as the run's own
+    row = next(line for line in networks.splitlines() if line.startswith("| strongly-correlated"))
+    for network in ("fc", "set"):
+        run = json.loads(
+            (tmp_path / "runs" / "strongly-correlated_R1000" / network / "results.json").read_text()
+        )
+        for key in ("test_raw", "test_repair", "test_swap"):
+            assert f"| {run[key]['all']['ar']:.5f} ({run[key]['all']['pct_violated']:.1f}) " in row
     knapsack_classes.main(["transfer", *flags])  # reuses the set model trained above
     transfer = capsys.readouterr().out
     for items in (100, 500, 1000):

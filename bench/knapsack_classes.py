@@ -23,9 +23,9 @@ LDF set model (`--arch set`, --set-epochs) trained by knapsack_ldf.py on --insta
 swaps (knapsack_ldf.improve_by_swaps), beside greedy and greedy + swaps, with ms per instance (the
 networks batched, decoders included) and the exact solver's. Every row is evaluated and timed again
 in this process after the training: the exact solver re-solves the test split one instance at a
-time, so no time comes from training runs or parallel label workers. "goal" checks issue 12 on the classes
-where greedy is weak: a decode at 0 % violated with at most half of greedy's AR - 1, at least 10x
-faster than the exact solver.
+time, so no time comes from training runs or parallel label workers. "goal" checks issue 12 on
+the classes where greedy is weak: a decode at 0 % violated with at most half of greedy's AR - 1, at
+least 10x faster than the exact solver.
 
 transfer: the set model the networks table trained on --train-class, evaluated without
 retraining on fresh instances (--instances // 3, seed + 7) of every class at n = 100, 500 and 1000:

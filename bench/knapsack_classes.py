@@ -36,7 +36,6 @@ them.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -170,6 +169,7 @@ NETWORKS = {  # name -> knapsack_ldf.py flags (the README's settings for each)
     "set": ["--arch", "set", "--lr", "1e-3", "--violation", "relative", "--step", "1e-3"]
     + ["--max-grad-norm", "1"],
 }
+CHECKPOINTS = {"fc": "fc.pt", "set": "ldf.pt"}  # what knapsack_ldf.py selects and saves per model
 SPEED_GOAL = 10  # issue 12: at least this many times faster than the exact solver
 TRANSFER_ITEMS = (100, 500, 1000)
 
@@ -184,25 +184,23 @@ def class_flags(args, distribution, value_range, items=ITEMS, instances=None, se
 
 
 def trained(args, distribution, value_range, network):
-    """Train (or find trained) one network on one class -> its results.json as a dict."""
+    """Train (or find trained) one network on one class -> the path of its selected checkpoint."""
     out = os.path.join(args.runs, f"{distribution}_R{value_range}", network)
-    results = os.path.join(out, "results.json")
-    if not os.path.exists(results):
+    if not os.path.exists(os.path.join(out, "results.json")):  # written last by a finished run
         epochs = args.fc_epochs if network == "fc" else args.set_epochs
         flags = class_flags(args, distribution, value_range) + NETWORKS[network]
         ks.main(flags + ["--epochs", str(epochs), "--decode", "swap", "--out", out])
-    with open(results) as f:
-        return json.load(f)
+    return os.path.join(out, CHECKPOINTS[network])
 
 
 LABEL_SOLVERS = {"ortools": ks.solve_ortools, "core": ks.solve_core}
-CHECKPOINTS = {"fc": "fc.pt", "set": "ldf.pt"}  # what knapsack_ldf.py selects and saves per model
 
 
-def timed_afresh(args, distribution, value_range):
+def timed_afresh(args, distribution, value_range, checkpoints):
     """One class's test split evaluated and timed again in this process, after any training:
     the exact solver one instance after another (the labels' own times were taken by parallel
-    workers, maybe beside other work), then both networks' decodes -> (exact ms, results)."""
+    workers, maybe beside other work), then the decodes of each network in `checkpoints` (name ->
+    path) -> (exact ms, results)."""
     label_args = ks.parse_args(class_flags(args, distribution, value_range) + ["--labels-only"])
     data = ks.load_data(label_args)
     rows = data["split"]["test"]
@@ -212,9 +210,8 @@ def timed_afresh(args, distribution, value_range):
     if failed:
         raise SystemExit(f"{distribution}: the exact solver ({data['solver']}) failed again")
     results = {}
-    for network in NETWORKS:
-        path = os.path.join(args.runs, f"{distribution}_R{value_range}", network)
-        model, checkpoint = ks.load_model(os.path.join(path, CHECKPOINTS[network]))
+    for network, path in checkpoints.items():
+        model, checkpoint = ks.load_model(path)
         bf16 = ks.use_bf16(checkpoint["config"].get("precision", "auto"), torch.device("cpu"))
         results[network] = ks.evaluate_tables(model, checkpoint, data, rows, bf16)
     return float(times.mean()), results
@@ -242,9 +239,8 @@ def networks_table(args):
         "|---" * 11 + "|",
     ]
     for distribution in args.classes:
-        for network in NETWORKS:
-            trained(args, distribution, value_range, network)
-        exact_ms, results = timed_afresh(args, distribution, value_range)
+        checkpoints = {net: trained(args, distribution, value_range, net) for net in NETWORKS}
+        exact_ms, results = timed_afresh(args, distribution, value_range, checkpoints)
         times = results["set"]["times"]
         decodes = {
             "greedy": (results["set"]["greedy"], times["greedy_ms_per_instance"]),
@@ -283,10 +279,7 @@ def networks_table(args):
 def transfer_table(args):
     """The set model of one class and n = 500 on other classes and sizes, without retraining."""
     value_range = args.ranges[0]
-    trained(args, args.train_class, value_range, "set")
-    checkpoint_path = os.path.join(
-        args.runs, f"{args.train_class}_R{value_range}", "set", CHECKPOINTS["set"]
-    )
+    checkpoint_path = trained(args, args.train_class, value_range, "set")
     model, checkpoint = ks.load_model(checkpoint_path)
     n_fresh = args.instances // 3
     lines = [
@@ -334,8 +327,8 @@ def main(argv=None):
     p.add_argument("--instances", type=int, help=f"per class and R (default {DEFAULT_INSTANCES})")
     p.add_argument("--time-limit", type=float, default=10.0, help="solvers: seconds per instance")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default="data", help="greedy: where the labels are cached")
-    p.add_argument("--workers", type=int, default=1, help="greedy: label worker processes")
+    p.add_argument("--data-dir", default="data", help="where instances and labels are cached")
+    p.add_argument("--workers", type=int, default=1, help="label worker processes")
     p.add_argument("--out", help="also append the table to this file")
     p.add_argument("--runs", default="runs/knapsack/classes", help="networks: run folders")
     p.add_argument("--fc-epochs", type=int, default=30)

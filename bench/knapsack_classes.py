@@ -130,6 +130,15 @@ def solvers_table(args):
     return "\n".join(lines)
 
 
+def class_flags(args, distribution, value_range, items=ITEMS, instances=None, seed=None):
+    flags = ["--distribution", distribution, "--items", str(items)]
+    flags += ["--instances", str(instances or args.instances), "--seed", str(seed or args.seed)]
+    flags += ["--data-dir", args.data_dir, "--workers", str(args.workers)]
+    if distribution != "similar-weights":
+        flags += ["--range", str(value_range)]
+    return flags
+
+
 def greedy_table(args):
     lines = [
         f"Greedy v/w against the exact labels at n = {ITEMS}, {args.instances} instances per "
@@ -142,11 +151,7 @@ def greedy_table(args):
     ]
     for distribution in args.classes:
         for value_range in ranges_of(distribution, args.ranges):
-            flags = ["--distribution", distribution, "--items", str(ITEMS), "--labels-only"]
-            flags += ["--instances", str(args.instances), "--seed", str(args.seed)]
-            flags += ["--data-dir", args.data_dir, "--workers", str(args.workers)]
-            if distribution != "similar-weights":
-                flags += ["--range", str(value_range)]
+            flags = class_flags(args, distribution, value_range) + ["--labels-only"]
             data = ks.load_data(ks.parse_args(flags))
             row = ks.greedy_row(data)
             x = ks.greedy(data["w"], data["v"], data["capacity"])
@@ -172,15 +177,6 @@ NETWORKS = {  # name -> knapsack_ldf.py flags (the README's settings for each)
 CHECKPOINTS = {"fc": "fc.pt", "set": "ldf.pt"}  # what knapsack_ldf.py selects and saves per model
 SPEED_GOAL = 10  # issue 12: at least this many times faster than the exact solver
 TRANSFER_ITEMS = (100, 500, 1000)
-
-
-def class_flags(args, distribution, value_range, items=ITEMS, instances=None, seed=None):
-    flags = ["--distribution", distribution, "--items", str(items)]
-    flags += ["--instances", str(instances or args.instances), "--seed", str(seed or args.seed)]
-    flags += ["--data-dir", args.data_dir, "--workers", str(args.workers)]
-    if distribution != "similar-weights":
-        flags += ["--range", str(value_range)]
-    return flags
 
 
 def trained(args, distribution, value_range, network):

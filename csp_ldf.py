@@ -21,6 +21,7 @@ thesis dropped the 0.25).
 import argparse
 import copy
 import datetime
+import gzip
 import hashlib
 import io
 import json
@@ -94,16 +95,16 @@ PRICE_STAMP = "%Y/%m/%d %H:%M:%S"
 HALF_HOUR = datetime.timedelta(minutes=30)
 NOVEMBER_START_AEDT = datetime.datetime(2020, 11, 1)  # the price file's stamps are AEDT
 FORECAST_FILE = "thesis_inputs/Forecasts-sample.csv"
-ACTUAL_FILE = "energy_tsf/nov_data.tsf"
+ACTUAL_FILE = "energy_tsf/nov_data.tsf"  # read as nov_data.tsf.gz where only that exists
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "datasets/ieee_cis"
 TSF_STAMP = "%Y-%m-%d %H-%M-%S"
 SERIES_KINDS = ("Building", "Solar")  # base load: the Building* series; solar: the Solar* ones
 
 
 def find_data_dir(arg=None):
-    """--data-dir, else $CSP_DATA_DIR, else data/ieee_cis/ or ../shared/data/ieee_cis/ (relative
-    to this file). A folder named by --data-dir or $CSP_DATA_DIR must hold instances/: it is never
-    replaced by another one."""
-    here = Path(__file__).resolve().parent
+    """--data-dir, else $CSP_DATA_DIR, else datasets/ieee_cis/ beside this file (the challenge
+    files, committed with their sources in its README.md). A folder named by --data-dir or
+    $CSP_DATA_DIR must hold instances/: it is never replaced by another one."""
     named = [("--data-dir", arg), ("$CSP_DATA_DIR", os.environ.get("CSP_DATA_DIR"))]
     for source, folder in named:
         if folder:
@@ -113,24 +114,33 @@ def find_data_dir(arg=None):
                     "Technical Challenge data (instances/, price/, thesis_inputs/, energy_tsf/)"
                 )
             return Path(folder)
-    for folder in (here / "data/ieee_cis", here.parent / "shared/data/ieee_cis"):
-        if (folder / "instances").is_dir():
-            return folder
+    if (DEFAULT_DATA_DIR / "instances").is_dir():
+        return DEFAULT_DATA_DIR
     raise SystemExit(
-        "CSP data not found (--data-dir, $CSP_DATA_DIR, data/ieee_cis/, ../shared/data/ieee_cis/): "
-        "get the IEEE-CIS 3rd Technical Challenge data; "
-        "../shared/data/ieee_cis/README.md has the layout"
+        f"CSP data not found: {DEFAULT_DATA_DIR} has no instances/ folder (it is part of the "
+        "repository: restore it with git checkout datasets/ieee_cis, or name a copy of the "
+        "challenge data with --data-dir or $CSP_DATA_DIR)"
     )
 
 
 def read_lines(path, what):
-    """The lines of a text file; InputError naming the file when it is missing or not text."""
+    """The lines of a text file (gzip-compressed where its name ends in .gz); InputError naming
+    the file when it is missing or not text."""
     try:
+        if str(path).endswith(".gz"):
+            return gzip.decompress(Path(path).read_bytes()).decode().splitlines()
         return Path(path).read_text().splitlines()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file ({what})") from None
-    except (OSError, UnicodeDecodeError) as err:
+    except (OSError, EOFError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: cannot read {what} ({err})") from None
+
+
+def data_file(data_dir, name):
+    """data_dir/name, or its compressed copy data_dir/name.gz where only that exists."""
+    path = Path(data_dir) / name
+    compressed = path.with_name(path.name + ".gz")
+    return compressed if not path.exists() and compressed.exists() else path
 
 
 # Per line tag: the types of the fields after the tag ('i' int, 'f' float, 'S' room size S|L;
@@ -425,7 +435,7 @@ def _forecast_series(data_dir):
 def _actual_series(data_dir):
     """The real November values of nov_data.tsf from 2020-10-31 13:00 UTC, a missing '?' filled
     by its time-of-day mean."""
-    path = Path(data_dir) / ACTUAL_FILE
+    path = data_file(data_dir, ACTUAL_FILE)
     series = {}
     line_of = {}
     n_slots = NOVEMBER_DAYS * DAY
@@ -2440,7 +2450,7 @@ def parse_args(argv=None):
     d = p.add_argument_group("data (thesis 4.1-4.2)")
     d.add_argument(
         "--data-dir",
-        help="challenge data (default: $CSP_DATA_DIR, data/ieee_cis, ../shared/data/ieee_cis)",
+        help="challenge data (default: $CSP_DATA_DIR, else datasets/ieee_cis)",
     )
     d.add_argument(
         "--instance", default="phase2_instance_small_0", help="instance file name without .txt"

@@ -1,6 +1,7 @@
 """Test set-up: the top-level scripts (common.py, knapsack_ldf.py, csp_ldf.py) importable from the
 tests; the CSP fixtures."""
 
+import gzip
 import os
 import sys
 from pathlib import Path
@@ -12,7 +13,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # ---------------------------------------------------------------- CSP (csp_ldf.py) fixtures
-CSP_DATA = Path(__file__).resolve().parents[2] / "shared/data/ieee_cis"
+CSP_DATA = Path(__file__).resolve().parents[1] / "datasets/ieee_cis"  # committed with the code
+# The thesis' own MIP results stay out of the repository; the one test that compares with them
+# reads them from the shared data folder beside the checkout where it exists.
+THESIS_RESULTS = Path(__file__).resolve().parents[2] / "shared/data/ieee_cis/thesis_mip_results"
 
 # two days (Monday, Tuesday); 1 small + 1 large room; one battery of 3 charge levels (step 10 kWh)
 CSP_TINY = """ppoi 1 1 1 2 2
@@ -28,10 +32,18 @@ a 1 1 L 40 90 80 20 1 0
 
 @pytest.fixture(scope="session")
 def csp_data():
-    """The IEEE-CIS challenge data folder; tests that need it are skipped where it is absent."""
-    if not (CSP_DATA / "instances").is_dir():
-        pytest.skip(f"challenge data absent (expected in {CSP_DATA}; see csp_ldf.py --help)")
+    """The IEEE-CIS challenge data folder committed in datasets/ieee_cis (never skipped: a
+    checkout without it is broken)."""
+    assert (CSP_DATA / "instances").is_dir(), f"{CSP_DATA}/instances missing from the checkout"
     return CSP_DATA
+
+
+@pytest.fixture(scope="session")
+def thesis_results():
+    """The thesis' Gurobi results (not in the repository); skipped where ../shared lacks them."""
+    if not (THESIS_RESULTS / "small_0").is_dir():
+        pytest.skip(f"the thesis' MIP results are not committed (looked in {THESIS_RESULTS})")
+    return THESIS_RESULTS
 
 
 @pytest.fixture(scope="session")
@@ -75,9 +87,14 @@ def csp_data_copy(csp_data):
             (root / sub).mkdir(parents=True)
             for path in (csp_data / sub).iterdir():
                 (root / sub / path.name).symlink_to(path)
-        content = (csp_data / file).read_bytes()
+        if file.endswith(".tsf"):  # committed compressed: the edited copy is plain text
+            (root / (file + ".gz")).unlink()
+            content = gzip.decompress((csp_data / (file + ".gz")).read_bytes())
+        else:
+            content = (csp_data / file).read_bytes()
         assert old.encode() in content, f"{old!r} is not in {file}"
-        (root / file).unlink()
+        if (root / file).is_symlink():
+            (root / file).unlink()
         (root / file).write_bytes(content.replace(old.encode(), new.encode(), 1))
         return root
 

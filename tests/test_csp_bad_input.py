@@ -368,6 +368,21 @@ def test_a_data_dir_without_instances_is_an_error(tmp_path, monkeypatch):
         C.find_data_dir()
 
 
+def test_the_default_data_folder_is_the_committed_one(tmp_path, monkeypatch):
+    monkeypatch.delenv("CSP_DATA_DIR", raising=False)
+    assert C.find_data_dir() == C.DEFAULT_DATA_DIR == Path(C.__file__).parent / "datasets/ieee_cis"
+    monkeypatch.setattr(C, "DEFAULT_DATA_DIR", tmp_path)
+    with pytest.raises(SystemExit, match="git checkout datasets/ieee_cis"):
+        C.find_data_dir()
+
+
+def test_a_corrupt_compressed_tsf_names_the_file(tmp_path):
+    (tmp_path / "energy_tsf").mkdir()
+    (tmp_path / "energy_tsf/nov_data.tsf.gz").write_bytes(b"not gzip")
+    with pytest.raises(C.InputError, match="nov_data.tsf.gz: cannot read"):
+        C.read_loads(tmp_path, "actual")
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [

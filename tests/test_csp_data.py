@@ -1,8 +1,10 @@
 """CSP data and MIP labels (issue 4): parser, checker, MIP vs brute force, STL scenarios,
 resumable labels. Fixtures (csp_data, csp_tiny, csp_tiny_text): conftest.py."""
 
+import hashlib
 import itertools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +14,9 @@ import csp_ldf as C
 
 
 # ---------------------------------------------------------------- parser
-def test_parser_reads_all_20_instances(csp_data):
+def test_parser_reads_all_10_phase2_instances(csp_data):
     files = sorted((csp_data / "instances").glob("*.txt"))
-    assert len(files) == 20
+    assert len(files) == 10
     for f in files:
         inst = C.read_instance(f)
         n_rec, n_oneoff = (50, 20) if "small" in f.name else (200, 100)
@@ -238,7 +240,7 @@ def thesis_schedule(folder, inst):
     return starts[: inst["n_rec"]], starts[inst["n_rec"] :], states
 
 
-def test_series_and_thesis_schedule_price_as_the_thesis(csp_data):
+def test_series_and_thesis_schedule_price_as_the_thesis(csp_data, thesis_results):
     price = C.read_price(csp_data)
     base, solar = C.read_loads(csp_data)
     assert price.shape == base.shape == solar.shape == (2880,) and (price[::2] == price[1::2]).all()
@@ -247,7 +249,7 @@ def test_series_and_thesis_schedule_price_as_the_thesis(csp_data):
     raw_base = sum(np.array(r[1:], float) for r in raw if r[0].startswith("Building"))
     assert np.allclose(base[44:], raw_base[:-44]) and np.allclose(base[:44], raw_base[52:96])
     inst = C.read_instance(csp_data / "instances/phase2_instance_small_0.txt")
-    schedule = thesis_schedule(csp_data / "thesis_mip_results/small_0", inst)
+    schedule = thesis_schedule(thesis_results / "small_0", inst)
     cost, bad = C.check_schedule(inst, base, solar, price, *schedule)
     assert not any(bad.values()) and cost == pytest.approx(C.THESIS_SMALL0, abs=0.005)
 
@@ -260,6 +262,17 @@ def test_actual_loads_are_the_real_november_values(csp_data):
     assert not np.allclose(base, forecast) and 0.5 < base.mean() / forecast.mean() < 2
     # grid >= 0 cannot bind: the two batteries discharge at most 115.6 kW
     assert (base - solar).min() > 115.6
+
+
+def test_committed_challenge_files_match_their_readme(csp_data):
+    """datasets/ieee_cis/README.md lists every file with its SHA-256; the files are those bytes."""
+    rows = re.findall(
+        r"^\| `([^`]+)` \|.*\| `([0-9a-f]{64})`", (csp_data / "README.md").read_text(), re.M
+    )
+    files = sorted(str(p.relative_to(csp_data)) for p in csp_data.rglob("*") if p.is_file())
+    assert sorted(name for name, _ in rows) == [f for f in files if f != "README.md"]
+    for name, digest in rows:
+        assert hashlib.sha256((csp_data / name).read_bytes()).hexdigest() == digest, name
 
 
 def test_cli_help_and_shard_errors(capsys):

@@ -710,6 +710,35 @@ def battery_dispatch(cost, cap, m, eff):
     return float(cost_to_go[0]), states
 
 
+def battery_dispatch_batch(costs, cap, m, eff):
+    """battery_dispatch for many cost series at once (scenarios x slots): the same dynamic
+    programme, vectorised over the scenarios -> (costs, states)."""
+    costs = np.atleast_2d(costs)
+    step = SLOT_HOURS * m
+    K = int(math.floor(cap / step + 1e-9))
+    S, T = costs.shape
+    cost_to_go = np.zeros((S, K + 1))
+    choice = np.empty((T, S, K + 1), np.int8)
+    option_state = np.array([IDLE, CHARGE, DISCHARGE], np.int8)
+    charge_price = m / math.sqrt(eff)
+    discharge_price = m * math.sqrt(eff)
+    options = np.full((3, S, K + 1), np.inf)
+    for t in range(T - 1, -1, -1):
+        options[0] = cost_to_go
+        options[1, :, 1:] = costs[:, t, None] * charge_price + cost_to_go[:, :-1]
+        options[2, :, :-1] = -costs[:, t, None] * discharge_price + cost_to_go[:, 1:]
+        best = options.argmin(0)
+        choice[t] = option_state[best]
+        cost_to_go = np.take_along_axis(options, best[None], 0)[0]
+    states = np.empty((S, T), np.int8)
+    level = np.zeros(S, int)
+    rows = np.arange(S)
+    for t in range(T):
+        states[:, t] = choice[t, rows, level]
+        level += states[:, t].astype(int) - IDLE
+    return cost_to_go[:, 0], states
+
+
 def objective(mip, price):
     """The objective for one price series -> (column costs, constant, battery states): the
     constant holds the base load less solar and the batteries' exact dispatch."""
@@ -2060,6 +2089,391 @@ def train(args, ds, run_dir):
     return Path(selected)
 
 
+# ======================================================= 4.4 schedules without learning; improve
+# The batteries separate from the classes (build_mip), so a class schedule is one start column per
+# class (none for an unscheduled once-off class) and its controllable cost is the sum of its
+# columns' costs (objective): the price of the class load less the once-off values. The batteries
+# are then dispatched exactly by battery_dispatch. Everything here works on start columns.
+IMPROVE_EPS = 1e-6  # $: a move must lower the cost by more than this
+EJECTION_TARGETS = 3  # per class, the cheapest room-blocked starts an ejection move tries
+CHAIN_LIMIT = 5  # a recurring class moves with its descendants only where it has this few
+MAX_PASSES = 50  # improvement passes over all moves (each pass lowers the cost, or it stops)
+
+
+def schedule_space(mip):
+    """What the heuristics need of the MIP's start columns: per class, its columns and their
+    days; per column, its slots and its runs (one a week for a recurring class: first slots,
+    padded with T, where a run covers no slot); room sizes and needs, predecessors and
+    successors, the static day windows of day_windows and a precedence order."""
+    inst = mip["inst"]
+    cols = mip["cols"]
+    n = len(inst["dur"])
+    T = len(mip["base"])
+    by_class = [np.flatnonzero(cols["cls"] == a) for a in range(n)]
+    cover_t = cols["cover"].T.tocsr()
+    slots = [cover_t[k].indices for k in range(len(cols["cls"]))]
+    dur = inst["dur"][cols["cls"]]
+    first_slots = [column_slots[::d] for column_slots, d in zip(slots, dur, strict=True)]
+    run_start = np.full((len(slots), max(len(f) for f in first_slots)), T)
+    for k, f in enumerate(first_slots):
+        run_start[k, : len(f)] = f
+    successors = [[] for _ in range(n)]
+    for a, predecessors in enumerate(inst["prec"]):
+        for p in predecessors:
+            successors[p].append(a)
+    column_of = np.full((n, T + 1), -1)  # (class, start in decision form) -> column
+    column_of[cols["cls"], cols["start"]] = np.arange(len(cols["cls"]))
+    lo, hi = day_windows(inst)
+    order = topological_order(inst)
+    class_start, class_end = [], []  # per class: its columns' runs (as many as it has)
+    for a, ks in enumerate(by_class):
+        n_runs = int((run_start[ks] < T).sum(1).max())
+        class_start.append(run_start[ks, :n_runs])
+        class_end.append(run_start[ks, :n_runs] + inst["dur"][a])
+    return dict(
+        inst=inst,
+        n=n,
+        n_rec=inst["n_rec"],
+        T=T,
+        by_class=by_class,
+        class_day=[cols["day"][ks] for ks in by_class],
+        class_start=class_start,
+        class_end=class_end,
+        slots=slots,
+        run_float=np.where(run_start < T, run_start, np.nan),  # (overlaps: padding never does)
+        dur=dur,
+        day=cols["day"],
+        start=cols["start"],
+        column_of=column_of,
+        size=inst["large"].astype(int),
+        need=inst["rooms"].astype(float),
+        room_cap=np.array([inst["n_small"], inst["n_large"]], float),
+        prec=[np.array(p, int) for p in inst["prec"]],
+        succ=[np.array(p, int) for p in successors],
+        lo=lo,
+        hi=hi,
+        order=order,
+        rank=np.argsort(order),
+    )
+
+
+def topological_order(inst):
+    """The classes, recurring ones first, each after its predecessors."""
+    n = len(inst["dur"])
+    placed = set()
+    order = []
+    while len(order) < n:
+        for a in range(n):
+            if a not in placed and placed.issuperset(inst["prec"][a]):
+                order.append(a)
+                placed.add(a)
+    recurring = [a for a in order if a < inst["n_rec"]]
+    return recurring + [a for a in order if a >= inst["n_rec"]]
+
+
+def column_costs(mip, prices):
+    """Each scenario's cost of each start column: (scenarios, columns), $."""
+    cost_per_kw = SLOT_MWH_PER_KW * np.atleast_2d(prices)
+    return (mip["load"].T @ cost_per_kw.T).T - mip["cols"]["value"]
+
+
+class ClassSchedule:
+    """One start column per class (-1: an unscheduled once-off class), with the rooms in use per
+    slot and the day of each class, kept up to date as classes move."""
+
+    def __init__(self, space, chosen):
+        self.space = space
+        self.chosen = np.full(space["n"], -1)
+        self.day = np.full(space["n"], -1)
+        self.use = np.zeros((2, space["T"]))  # small and large rooms in use
+        for a, k in enumerate(chosen):
+            if k >= 0:
+                self.put(a, k)
+
+    def put(self, a, k):
+        s = self.space
+        self.use[s["size"][a], s["slots"][k]] += s["need"][a]
+        self.chosen[a] = k
+        self.day[a] = s["day"][k]
+
+    def take(self, a):
+        s = self.space
+        k = self.chosen[a]
+        if k >= 0:
+            self.use[s["size"][a], s["slots"][k]] -= s["need"][a]
+        self.chosen[a] = -1
+        self.day[a] = -1
+        return k
+
+    def window(self, a):
+        """The days class a may take given the others (None: it cannot be scheduled now)."""
+        s = self.space
+        predecessor_days = self.day[s["prec"][a]]
+        if (predecessor_days < 0).any():
+            return None  # a once-off class whose predecessor is unscheduled
+        lo = max(s["lo"][a], predecessor_days.max(initial=-1) + 1)
+        successor_days = self.day[s["succ"][a]]
+        hi = min(s["hi"][a], successor_days[successor_days >= 0].min(initial=10**9) - 1)
+        return lo, hi
+
+    def feasible(self, a, rooms=True):
+        """Mask over class a's columns that keep precedence (and rooms) feasible, with class a
+        itself taken out first by the caller."""
+        s = self.space
+        window = self.window(a)
+        day = s["class_day"][a]
+        if window is None:
+            return np.zeros(len(day), bool)
+        ok = (day >= window[0]) & (day <= window[1])
+        if rooms:
+            size = s["size"][a]
+            blocked = self.use[size] + s["need"][a] > s["room_cap"][size]
+            count = np.zeros(s["T"] + DAY + 1, int)  # blocked slots before each slot
+            np.cumsum(blocked, out=count[1 : s["T"] + 1])
+            count[s["T"] + 1 :] = count[s["T"]]
+            blocked_runs = count[s["class_end"][a]] - count[s["class_start"][a]]
+            ok &= (blocked_runs.sum(1) if blocked_runs.shape[1] > 1 else blocked_runs[:, 0]) == 0
+        return ok
+
+    def droppable(self, a):
+        """A once-off class with no scheduled successor may go unscheduled."""
+        return a >= self.space["n_rec"] and (self.day[self.space["succ"][a]] < 0).all()
+
+    def decisions(self):
+        """(recurring_start, oneoff_start) in decision form."""
+        s = self.space
+        starts = np.where(self.chosen >= 0, s["start"][self.chosen], s["T"])
+        return starts[: s["n_rec"]], starts[s["n_rec"] :]
+
+
+def chosen_columns(space, recurring_start, oneoff_start):
+    """Decision form -> the column of each class (-1 unscheduled); a start that is not a column
+    (a schedule that breaks the start rules) raises ValueError."""
+    starts = np.r_[recurring_start, oneoff_start].astype(int)
+    chosen = space["column_of"][np.arange(space["n"]), np.clip(starts, 0, space["T"])]
+    missing = (chosen < 0) & ((np.arange(space["n"]) < space["n_rec"]) | (starts < space["T"]))
+    if missing.any():
+        raise ValueError(f"classes {np.flatnonzero(missing).tolist()} start where no column is")
+    return chosen
+
+
+def best_column(schedule, a, cost, rooms=True):
+    """Class a's cheapest feasible column and its cost (-1, 0 for leaving a once-off class
+    out where that is cheaper or nothing fits; (-1, inf) for a recurring class that fits
+    nowhere). Class a must be taken out."""
+    ks = schedule.space["by_class"][a]
+    ok = schedule.feasible(a, rooms)
+    recurring = a < schedule.space["n_rec"]
+    best, best_cost = -1, (np.inf if recurring or not schedule.droppable(a) else 0.0)
+    if ok.any():
+        j = np.argmin(np.where(ok, cost[ks], np.inf))
+        if cost[ks[j]] < best_cost:
+            best, best_cost = int(ks[j]), float(cost[ks[j]])
+    return best, best_cost
+
+
+def chain_lookahead(space, cost):
+    """Per once-off class and day, what its successors can still earn if it runs that day:
+    bottom-up over the precedence graph, V(a, d) = a's cheapest column on day d + the lookahead
+    of (a, d), and a successor b adds min(0, its best V on a later day), shared among its
+    predecessors (a heuristic estimate: rooms and shared descendants are ignored)."""
+    n_rec = space["n_rec"]
+    days = space["inst"]["days"]
+    value = np.full((space["n"], days + 1), np.inf)  # V(a, d); day `days`: never
+    lookahead = np.zeros((space["n"], days + 1))
+    for a in reversed(space["order"]):
+        if a < n_rec:
+            continue
+        for b in space["succ"][a]:
+            later_best = np.minimum.accumulate(value[b, ::-1])[::-1]  # best V on day >= d
+            after = np.r_[later_best[1:], np.inf]  # best V on a day > d
+            lookahead[a] += np.minimum(0.0, after) / len(space["prec"][b])
+        ks = space["by_class"][a]
+        np.minimum.at(value[a], space["class_day"][a], cost[ks])
+        value[a] += lookahead[a]
+    return lookahead
+
+
+def price_greedy(space, cost, fallback):
+    """The price-aware constructive heuristic: classes in precedence order (recurring first),
+    each at its cheapest start that keeps rooms and precedences feasible; a once-off class only
+    where its value beats its cost. A recurring class that fits nowhere -> `fallback` (columns).
+    -> (chosen columns, fell back)."""
+    schedule = ClassSchedule(space, np.full(space["n"], -1))
+    lookahead = chain_lookahead(space, cost)
+    for a in space["order"]:
+        if a >= space["n_rec"]:
+            # a once-off class is worth its cost plus what it lets its successors earn
+            k, _ = best_column(schedule, a, cost + lookahead[a][space["day"]])
+        else:
+            k, _ = best_column(schedule, a, cost)
+        if k < 0 and a < space["n_rec"]:
+            return np.array(fallback), True
+        if k >= 0:
+            schedule.put(a, k)
+    return schedule.chosen.copy(), False
+
+
+def _move_one(schedule, a, cost):
+    """Move class a to its cheapest feasible column (or out); True if that lowered the cost."""
+    old = schedule.take(a)
+    old_cost = cost[old] if old >= 0 else 0.0
+    k, new_cost = best_column(schedule, a, cost)
+    if new_cost < old_cost - IMPROVE_EPS:
+        if k >= 0:
+            schedule.put(a, k)
+        return True
+    if old >= 0:
+        schedule.put(a, old)
+    return False
+
+
+def _reinsert(schedule, classes, cost):
+    """Put `classes` (taken out) back in precedence order, each at its cheapest feasible column
+    -> their total cost, inf if a recurring class fits nowhere."""
+    total = 0.0
+    for b in sorted(classes, key=schedule.space["rank"].__getitem__):
+        k, c = best_column(schedule, b, cost)
+        if not np.isfinite(c):
+            return np.inf
+        if k >= 0:
+            schedule.put(b, k)
+        total += c
+    return total
+
+
+def _try(schedule, cost, taken, place):
+    """Take `taken` out, run place() (which puts classes back and returns their new cost);
+    keep the result if the cost fell, else restore -> True if kept."""
+    before = schedule.chosen.copy()
+    old_cost = sum(cost[before[b]] for b in taken if before[b] >= 0)
+    for b in taken:
+        schedule.take(b)
+    new_cost = place()
+    if new_cost < old_cost - IMPROVE_EPS:
+        return True
+    for b in range(schedule.space["n"]):
+        if schedule.chosen[b] != before[b]:
+            schedule.take(b)
+    for b in range(schedule.space["n"]):
+        if schedule.chosen[b] != before[b] and before[b] >= 0:
+            schedule.put(b, before[b])
+    return False
+
+
+def _eject(schedule, a, cost):
+    """Rooms block class a's cheaper starts: put a at one of them, take out the classes in its
+    way and put them back at their cheapest feasible columns (a swap when one class blocks)."""
+    s = schedule.space
+    old = schedule.chosen[a]
+    old_cost = cost[old] if old >= 0 else 0.0
+    schedule.take(a)
+    ks = s["by_class"][a]
+    precedence_ok = schedule.feasible(a, rooms=False)
+    room_ok = schedule.feasible(a)
+    if old >= 0:
+        schedule.put(a, old)
+    blocked = np.flatnonzero(precedence_ok & ~room_ok & (cost[ks] < old_cost - IMPROVE_EPS))
+    for j in blocked[np.argsort(cost[ks[blocked]])][:EJECTION_TARGETS]:
+        k = ks[j]
+        in_way = _in_way(schedule, a, k)
+
+        def place(k=k, in_way=in_way):
+            if not schedule.feasible(a)[np.searchsorted(ks, k)]:
+                return np.inf
+            schedule.put(a, k)
+            return cost[k] + _reinsert(schedule, in_way, cost)
+
+        if _try(schedule, cost, [a, *in_way], place):
+            return True
+    return False
+
+
+def _in_way(schedule, a, k):
+    """The scheduled classes that share a room size and a slot with class a at column k."""
+    s = schedule.space
+    others = np.flatnonzero((schedule.chosen >= 0) & (s["size"] == s["size"][a]))
+    others = others[others != a]
+    columns = schedule.chosen[others]
+    theirs = s["run_float"][columns][:, :, None]  # class, run, 1
+    mine = s["run_float"][k][None, None, :]  # 1, 1, run
+    overlap = (theirs < mine + s["dur"][k]) & (mine < theirs + s["dur"][columns][:, None, None])
+    return list(others[overlap.any((1, 2))])
+
+
+def _descendants(space, a):
+    """Class a's successors, theirs, and so on."""
+    found = []
+    todo = list(space["succ"][a])
+    while todo:
+        b = todo.pop()
+        if b not in found:
+            found.append(b)
+            todo += list(space["succ"][b])
+    return found
+
+
+def _shift_chain(schedule, a, cost, floor):
+    """Class a on each of its other days, its descendants then put back at their cheapest
+    feasible columns (once-off chains: a root on an early day lets its chain start early). A day
+    is skipped where no placement could pay: a's cheapest column that day plus each
+    descendant's cheapest column anywhere (`floor`) is no lower than the chain's cost now."""
+    s = schedule.space
+    chain = [a, *_descendants(s, a)]
+    ks = s["by_class"][a]
+    now = sum(cost[schedule.chosen[b]] for b in chain if schedule.chosen[b] >= 0)
+    days = s["class_day"][a]
+    cheapest_per_day = np.full(days.max() + 1, np.inf)
+    np.minimum.at(cheapest_per_day, days, cost[ks])
+    descendants_floor = floor[chain[1:]].sum()
+    cheapest_per_day[schedule.day[a]] = np.inf  # (its day now: not a move)
+    hopeful = np.flatnonzero(cheapest_per_day + descendants_floor < now - IMPROVE_EPS)
+    for d in hopeful:
+
+        def place(d=d):
+            ok = schedule.feasible(a) & (s["day"][ks] == d)
+            if not ok.any():
+                return np.inf
+            k = ks[np.argmin(np.where(ok, cost[ks], np.inf))]
+            schedule.put(a, k)
+            return cost[k] + _reinsert(schedule, chain[1:], cost)
+
+        if _try(schedule, cost, chain, place):
+            return True
+    return False
+
+
+def improve(space, chosen, cost):
+    """Local improvement of a feasible class schedule (the CSP analogue of knapsack's swaps):
+    while a move lowers the cost -- one class to its cheapest feasible start, a once-off class
+    added or dropped (_move_one); a class with its precedence descendants on another day
+    (_shift_chain); a class onto a start that rooms block, the classes in its way re-placed
+    (_eject, a swap when one class blocks) -- make it. Every move keeps the schedule feasible.
+    -> (chosen columns, passes)."""
+    schedule = ClassSchedule(space, chosen)
+    floor = np.array([cost[ks].min() for ks in space["by_class"]])  # each class's cheapest column
+    floor[space["n_rec"] :] = np.minimum(floor[space["n_rec"] :], 0.0)  # or left out
+    with_successors = [
+        a
+        for a in space["order"]
+        if len(space["succ"][a])
+        and (a >= space["n_rec"] or len(_descendants(space, a)) <= CHAIN_LIMIT)
+    ]
+    passes = 0
+    moved = True
+    while moved and passes < MAX_PASSES:
+        passes += 1
+        moved = False
+        for a in space["order"]:
+            moved |= _move_one(schedule, a, cost)
+        for a in with_successors:
+            moved |= _shift_chain(schedule, a, cost, floor)
+        for a in space["order"]:
+            if schedule.chosen[a] >= 0:
+                moved |= _eject(schedule, a, cost)
+    return schedule.chosen.copy(), passes
+
+
 # ================================================================ 4.4 evaluate
 FAMILIES = (
     "battery min",
@@ -2069,7 +2483,10 @@ FAMILIES = (
     "large rooms",
     "precedence",
 )
-DECODES = ("raw", "repaired", "redispatched")
+DECODES = ("raw", "repaired", "redispatched", "improved")  # improved: improve() + exact batteries
+HIGHS_LIMITS = (0.1, 0.3, 1.0, 3.0)  # Table 10: HiGHS' wall-clock limits, seconds a scenario
+EXCESS_PERCENTILE = 95
+LABEL_GAP = 0.01  # the labels' relative MIP gap (--gap), also HiGHS' in Table 10
 THESIS = {"fc": (89.5, 1.136), "ldf": (58.0, 1.177)}  # min-or-capacity % of slots violated, AR
 
 
@@ -2205,6 +2622,8 @@ def evaluate_schedules(ds, rows, sched):
         ar_max=ar.max(),
         ar_min=ar.min(),
         excess_mean=excess.mean(),
+        excess_p95=np.percentile(excess, EXCESS_PERCENTILE),
+        excess_max=excess.max(),
         controllable_mean=controllable.mean(),
         ar_controllable=1 + excess.mean() / controllable.mean(),
         feasible_pct=100 * np.mean(np.array(n_violations) == 0),
@@ -2223,22 +2642,38 @@ def evaluate_schedules(ds, rows, sched):
 def redispatched_batteries(ds, rows):
     """The batteries dispatched exactly (DP) given each row's price: (rows, batteries, slots)."""
     inst = ds["inst"]
-    states = []
-    for i in rows:
-        cost_per_kw = SLOT_MWH_PER_KW * ds["price"][i]
-        states.append(
-            [
-                battery_dispatch(cost_per_kw, inst["cap"][b], inst["m"][b], inst["eff"][b])[1]
-                for b in range(len(inst["cap"]))
-            ]
-        )
-    return np.array(states)
+    cost_per_kw = SLOT_MWH_PER_KW * ds["price"][rows]
+    states = [
+        battery_dispatch_batch(cost_per_kw, inst["cap"][b], inst["m"][b], inst["eff"][b])[1]
+        for b in range(len(inst["cap"]))
+    ]
+    return np.stack(states, 1)
 
 
-def evaluate(ds, checkpoints, bf16=False):
-    """Tables 7-9 on the test split per checkpoint, for the raw argmax, the repaired decode and
-    the repaired classes with the batteries re-dispatched, with times per instance."""
+def improved_classes(space, costs, recurring_start, oneoff_start):
+    """improve() of each row's class schedule under its column costs -> (recurring_start,
+    oneoff_start) arrays."""
+    recurring, oneoff = [], []
+    for cost, rec, one in zip(costs, recurring_start, oneoff_start, strict=True):
+        chosen, _ = improve(space, chosen_columns(space, rec, one), cost)
+        schedule = ClassSchedule(space, chosen)
+        rec, one = schedule.decisions()
+        recurring.append(rec)
+        oneoff.append(one)
+    return np.array(recurring), np.array(oneoff)
+
+
+def evaluate(ds, checkpoints, bf16=False, decodes=DECODES):
+    """Tables 7-9 on the test split per checkpoint, for the raw argmax, the repaired decode, the
+    repaired classes with the batteries re-dispatched, and those classes improved (improve),
+    with times per instance."""
     rows = ds["split"]["test"]
+    mip = build_mip(ds["inst"], ds["base"], ds["solar"])
+    space = schedule_space(mip)
+    costs = column_costs(mip, ds["price"][rows])
+    t_start = time.perf_counter()
+    redispatched = redispatched_batteries(ds, rows)
+    dispatch_seconds = time.perf_counter() - t_start
     results = {}
     for name, path in checkpoints.items():
         ck = load_csp_checkpoint(path)
@@ -2256,8 +2691,6 @@ def evaluate(ds, checkpoints, bf16=False):
         t_predicted = time.perf_counter()
         recurring_start, oneoff_start, battery_state, fell_back = repaired_decode(out, ds)
         t_repaired = time.perf_counter()
-        redispatched = redispatched_batteries(ds, rows)
-        t_redispatched = time.perf_counter()
         schedules = {
             "raw": raw_decode(out),
             "repaired": (recurring_start, oneoff_start, battery_state),
@@ -2266,10 +2699,14 @@ def evaluate(ds, checkpoints, bf16=False):
         seconds = {
             "raw": t_predicted - t_start,
             "repaired": t_repaired - t_start,
-            "redispatched": t_redispatched - t_start,
+            "redispatched": t_repaired - t_start + dispatch_seconds,
         }
+        if "improved" in decodes:
+            improved = improved_classes(space, costs, recurring_start, oneoff_start)
+            schedules["improved"] = (*improved, redispatched)
+            seconds["improved"] = time.perf_counter() - t_start + dispatch_seconds
         result = {}
-        for decode in DECODES:
+        for decode in decodes:
             ms = seconds[decode] * 1000 / len(rows)
             result[decode] = {**evaluate_schedules(ds, rows, schedules[decode]), "ms": ms}
         result["fallbacks"] = int(fell_back.sum())
@@ -2283,10 +2720,133 @@ def evaluate(ds, checkpoints, bf16=False):
     return results
 
 
+def no_learning(ds, highs_limits=HIGHS_LIMITS, gap=LABEL_GAP):
+    """Table 10's rows that need no training, on the test split, through the same checker: the
+    price-aware greedy and greedy + improve (batteries by the exact DP), HiGHS under each
+    wall-clock limit (its best schedule, or none), and the label itself."""
+    rows = ds["split"]["test"]
+    inst = ds["inst"]
+    mip = build_mip(inst, ds["base"], ds["solar"])
+    space = schedule_space(mip)
+    fallback = chosen_columns(space, *ds["fallback"])
+    t_start = time.perf_counter()
+    costs = column_costs(mip, ds["price"][rows])
+    batteries = redispatched_batteries(ds, rows)
+    shared_seconds = time.perf_counter() - t_start  # costs and batteries: every row needs them
+    greedy, improved, fell_back = [], [], 0
+    greedy_seconds = improve_seconds = 0.0
+    for cost in costs:
+        t_start = time.perf_counter()
+        chosen, fell = price_greedy(space, cost, fallback)
+        t_greedy = time.perf_counter()
+        better, _ = improve(space, chosen, cost)
+        greedy_seconds += t_greedy - t_start
+        improve_seconds += time.perf_counter() - t_greedy
+        fell_back += fell
+        greedy.append(ClassSchedule(space, chosen).decisions())
+        improved.append(ClassSchedule(space, better).decisions())
+    table = {}
+    for method, schedules, seconds in (
+        ("greedy", greedy, greedy_seconds),
+        ("greedy + improve", improved, greedy_seconds + improve_seconds),
+    ):
+        recurring, oneoff = (np.array(part) for part in zip(*schedules, strict=True))
+        stats = evaluate_schedules(ds, rows, (recurring, oneoff, batteries))
+        ms = (seconds + shared_seconds) * 1000 / len(rows)
+        table[method] = {**stats, "ms": ms, "found_pct": 100.0, "fallbacks": fell_back}
+    for limit in highs_limits:
+        found, schedules, seconds = [], [], 0.0
+        for j, i in enumerate(rows):
+            t_start = time.perf_counter()
+            try:
+                label = solve_highs(mip, ds["price"][i], gap=gap, time_limit=limit)
+            except SolverError:
+                label = None
+            seconds += time.perf_counter() - t_start
+            if label is not None:
+                found.append(j)
+                schedules.append(tuple(label[key] for key in DECISION_KEYS))
+        name = f"HiGHS {limit:g} s"
+        table[name] = {"ms": seconds * 1000 / len(rows), "found_pct": 100 * len(found) / len(rows)}
+        if found:
+            decisions = tuple(np.array(part) for part in zip(*schedules, strict=True))
+            table[name].update(evaluate_schedules(ds, rows[found], decisions))
+    labels = tuple(ds[key][rows] for key in DECISION_KEYS)
+    label_ms = 1000 * ds["seconds"][rows].mean()
+    table["MIP label (1 % gap)"] = {
+        **evaluate_schedules(ds, rows, labels),
+        "ms": label_ms,
+        "found_pct": 100.0,
+    }
+    return table
+
+
+def table10(results, baselines, n_test):
+    """Table 10 as markdown: every method and decode on the controllable cost, $ above the
+    label, feasibility and time; rows sorted by time."""
+    rows = [(name, scores) for name, scores in baselines.items()]
+    for name, result in results.items():
+        for decode in ("redispatched", "improved"):
+            if decode in result:
+                rows.append((f"{name} network, {decode}", result[decode]))
+    rows.sort(key=lambda row: row[1]["ms"])
+    first = next(iter(baselines.values()))
+    lines = [
+        f"Table 10: schedules on the controllable cost, {n_test} test instances\n",
+        "| method | AR on the controllable cost | $ above the label: mean | p95 | max | "
+        "schedule found % | feasible % (of found) | ms / scenario |",
+        "|" + "---|" * 8,
+    ]
+    for name, s in rows:
+        if "ar_controllable" not in s:
+            lines.append(f"| {name} | none | | | | {s['found_pct']:.0f} | | {s['ms']:.1f} |")
+            continue
+        lines.append(
+            f"| {name} | {s['ar_controllable']:.3f} | {s['excess_mean']:.1f} | "
+            f"{s['excess_p95']:.1f} | {s['excess_max']:.1f} | {s.get('found_pct', 100.0):.0f} | "
+            f"{s['feasible_pct']:.0f} | {s['ms']:.1f} |"
+        )
+    lines.append(
+        f"\nAR on the controllable cost = 1 + mean $ above the label / "
+        f"{first.get('controllable_mean', float('nan')):.1f} $ (the mean |label - fixed cost|); "
+        "HiGHS rows: over the scenarios where it found a schedule in time. Every schedule's "
+        "batteries are dispatched exactly (DP); ms include that and the column costs."
+    )
+    return "\n".join(lines)
+
+
+def table10_figure(results, baselines, path):
+    """Table 10's controllable AR against ms per scenario (log scale), one point per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(name, s) for name, s in baselines.items() if "ar_controllable" in s]
+    for name, result in results.items():
+        points += [(f"{name} {d}", result[d]) for d in ("redispatched", "improved") if d in result]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, s in points:
+        ax.scatter(s["ms"], s["ar_controllable"])
+        ax.annotate(name, (s["ms"], s["ar_controllable"]), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per scenario (log)")
+    ax.set_ylabel("AR on the controllable cost")
+    ax.set_title("CSP test scenarios: quality against time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def markdown(results):
     """Tables 7 (% of constraint instances violated), 8 (violation degree) and 9 (AR,
     feasibility, time) as markdown."""
-    rows = [(f"{name} | {decode}", r[decode]) for name, r in results.items() for decode in DECODES]
+    rows = [
+        (f"{name} | {decode}", r[decode])
+        for name, r in results.items()
+        for decode in DECODES
+        if decode in r
+    ]
     with_thesis = sorted(set(results) & set(THESIS))
     family_head = (
         "| model | decode | " + " | ".join(FAMILIES) + " |\n|" + "---|" * (len(FAMILIES) + 2)
@@ -2311,6 +2871,7 @@ def markdown(results):
         *family_rows("degree_mean", "degree_avg_max", ".3g"),
     ]
     first = next(iter(results.values()))
+    first_decode = next(first[decode] for decode in DECODES if decode in first)
     table9 = [
         f"\nTable 9: approximation ratio (eq. 17), feasibility and time, {first['n_test']} test "
         "instances\n",
@@ -2327,7 +2888,7 @@ def markdown(results):
     table9 += [f"| {name} (thesis) | raw | {THESIS[name][1]} | | | | | | |" for name in with_thesis]
     table9.append(
         f"\nControllable cost: the total less the base load net of solar, which no decision "
-        f"moves; its mean size over these test labels is {first['raw']['controllable_mean']:.1f} $ "
+        f"moves; its mean size over these test labels is {first_decode['controllable_mean']:.1f} $ "
         "(|label - fixed|). AR on it = 1 + mean $ above the label / that mean size."
     )
     selected = ", ".join(f"{k} {v['epoch']}, {v['fallbacks']}" for k, v in results.items())
@@ -2347,7 +2908,7 @@ def run(args, ds):
     with common.folder_lock(run_dir, "this run folder"):  # a second run waits for the first
         selected = train(args, ds, run_dir)
     atomic_write_bytes(save, selected.read_bytes())
-    results = evaluate(ds, {args.model: save}, args.bf16)
+    results = evaluate(ds, {args.model: save}, args.bf16, args.decode)
     atomic_write_json(run_dir / "results.json", results)
     atomic_write_bytes(run_dir / "results.md", markdown(results).encode())
     print(f"saved {save}\n{markdown(results)}")
@@ -2425,6 +2986,8 @@ OPTION_MODES = {
     "fresh": ("train",),
     "run_dir": READING_LABELS,
     "checkpoints": ("evaluate",),
+    "decode": READING_LABELS,
+    "highs_limits": ("evaluate",),
     "bf16": READING_LABELS,
     "torch_threads": READING_LABELS,
 }
@@ -2547,6 +3110,22 @@ def parse_args(argv=None):
             default=kind(str(default)),
             help=f"{what} (default {default})".lstrip(),
         )
+    t.add_argument(
+        "--decode",
+        nargs="+",
+        choices=DECODES,
+        default=list(DECODES),
+        help="the networks' decodes in the tables: raw argmax, repaired, repaired with the "
+        "batteries\nre-dispatched exactly, and those improved by local search (default: all)",
+    )
+    t.add_argument(
+        "--highs-limits",
+        nargs="*",
+        type=positive_float,
+        default=list(HIGHS_LIMITS),
+        help="--mode evaluate, Table 10: HiGHS' wall-clock limits in seconds a scenario "
+        "(default 0.1 0.3 1 3;\nnone given: no HiGHS rows)",
+    )
     t.add_argument(
         "--bf16",
         action="store_true",
@@ -2672,11 +3251,15 @@ def run_mode(args):
         run(args, ds)
     elif args.mode == "evaluate":
         checkpoints = dict(c.split("=", 1) for c in args.checkpoints)
-        results = evaluate(ds, checkpoints, args.bf16)
+        results = evaluate(ds, checkpoints, args.bf16, args.decode)
+        baselines = no_learning(ds, args.highs_limits)
         out = Path(args.run_dir or "runs/csp")
+        tables = markdown(results) + "\n\n" + table10(results, baselines, len(ds["split"]["test"]))
         atomic_write_json(out / "tables.json", results)
-        atomic_write_bytes(out / "tables.md", markdown(results).encode())
-        print(markdown(results))
+        atomic_write_json(out / "table10.json", baselines)
+        atomic_write_bytes(out / "tables.md", tables.encode())
+        table10_figure(results, baselines, out / "table10.png")
+        print(tables)
     elif args.mode == "validate":  # the MIP on the real prices, against the thesis on small_0
         label = solve(build_mip(inst, base, solar), price, **solve_kw)
         print(

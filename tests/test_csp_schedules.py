@@ -1,0 +1,176 @@
+"""CSP schedules without learning (issue 23): the price-aware greedy, the local improvement and
+the warm start, checked by the independent checker. Fixtures (csp_tiny, csp_data): conftest.py."""
+
+import numpy as np
+import pytest
+
+import csp_ldf as C
+
+SEEDS = range(6)
+WEEK = 7
+
+
+def tiny_case(folder, csp_tiny, seed):
+    """The tiny instance over a week with a price drawn from `seed`: (inst, base, solar, price,
+    mip, space, column costs)."""
+    inst, base, solar, price = csp_tiny(folder, days=WEEK)
+    price = price + 80 * np.random.default_rng(seed).standard_normal(len(price))
+    mip = C.build_mip(inst, base, solar)
+    space = C.schedule_space(mip)
+    return inst, base, solar, price, mip, space, C.column_costs(mip, price)[0]
+
+
+def checked(inst, base, solar, price, space, chosen):
+    """(cost, violations) of a column choice through check_schedule, batteries by the DP."""
+    states = np.array(
+        [
+            C.battery_dispatch(
+                C.SLOT_MWH_PER_KW * price, inst["cap"][b], inst["m"][b], inst["eff"][b]
+            )[1]
+            for b in range(len(inst["cap"]))
+        ]
+    )
+    decisions = C.ClassSchedule(space, chosen).decisions()
+    cost, bad = C.check_schedule(inst, base, solar, price, *decisions, states)
+    return cost, sum(bad.values())
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_greedy_and_improve_are_feasible_and_improve_never_costs_more(tmp_path, csp_tiny, seed):
+    inst, base, solar, price, mip, space, cost = tiny_case(tmp_path, csp_tiny, seed)
+    label = C.solve(mip, price, gap=0.0, time_limit=60)
+    fallback = C.chosen_columns(space, label["recurring_start"], label["oneoff_start"])
+    greedy, fell_back = C.price_greedy(space, cost, fallback)
+    assert not fell_back
+    greedy_cost, bad = checked(inst, base, solar, price, space, greedy)
+    assert bad == 0
+    better, _ = C.improve(space, greedy, cost)
+    better_cost, bad = checked(inst, base, solar, price, space, better)
+    assert bad == 0 and better_cost <= greedy_cost + 1e-9
+    assert better_cost >= label["objective"] - 1e-6  # the exact optimum bounds every schedule
+    # from the optimum itself improve finds nothing to gain
+    same, _ = C.improve(space, fallback, cost)
+    assert checked(inst, base, solar, price, space, same)[0] == pytest.approx(label["objective"])
+
+
+def single_moves(space, chosen):
+    """Every schedule that differs from `chosen` in one class's column (or in a once-off
+    class's being scheduled at all)."""
+    for a in range(space["n"]):
+        options = list(space["by_class"][a]) + ([-1] if a >= space["n_rec"] else [])
+        for k in options:
+            if k != chosen[a]:
+                moved = chosen.copy()
+                moved[a] = k
+                yield moved
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_improve_ends_in_a_local_optimum(tmp_path, csp_tiny, seed):
+    """Enumeration through the checker finds no feasible single move that lowers the cost."""
+    inst, base, solar, price, mip, space, cost = tiny_case(tmp_path, csp_tiny, seed)
+    start = np.full(space["n"], -1)
+    start[: space["n_rec"]] = [space["by_class"][a][-1] for a in range(space["n_rec"])]
+    assert checked(inst, base, solar, price, space, start)[1] == 0  # latest starts: feasible
+    better, passes = C.improve(space, start, cost)
+    assert passes < C.MAX_PASSES
+    best_cost, bad = checked(inst, base, solar, price, space, better)
+    assert bad == 0
+    for moved in single_moves(space, better):
+        moved_cost, moved_bad = checked(inst, base, solar, price, space, moved)
+        assert moved_bad or moved_cost >= best_cost - 1e-6
+
+
+def test_improve_on_small_0_stays_feasible_and_gains(csp_data):
+    """Two price scenarios of the real instance: greedy and improve feasible; improve gains."""
+    inst = C.read_instance(csp_data / "instances/phase2_instance_small_0.txt")
+    base, solar = C.read_loads(csp_data)
+    real = C.read_price(csp_data)
+    mip = C.build_mip(inst, base, solar)
+    space = C.schedule_space(mip)
+    parts = C.stl_parts(real)
+    for i in range(2):
+        price, _ = C.price_scenario(parts, C.DAY, 0, i)
+        cost = C.column_costs(mip, price)[0]
+        greedy, fell_back = C.price_greedy(space, cost, np.full(space["n"], -1))
+        assert not fell_back
+        better, _ = C.improve(space, greedy, cost)
+        greedy_cost, greedy_bad = checked(inst, base, solar, price, space, greedy)
+        better_cost, better_bad = checked(inst, base, solar, price, space, better)
+        assert greedy_bad == better_bad == 0
+        assert better_cost < greedy_cost - 1.0
+
+
+def test_batched_battery_dispatch_is_the_dp(csp_data):
+    inst = C.read_instance(csp_data / "instances/phase2_instance_small_0.txt")
+    price = C.read_price(csp_data)
+    prices = price + 30 * np.random.default_rng(0).standard_normal((3, len(price)))
+    cost_per_kw = C.SLOT_MWH_PER_KW * prices
+    for b in range(len(inst["cap"])):
+        costs, states = C.battery_dispatch_batch(
+            cost_per_kw, inst["cap"][b], inst["m"][b], inst["eff"][b]
+        )
+        for j, series in enumerate(cost_per_kw):
+            one_cost, one_states = C.battery_dispatch(
+                series, inst["cap"][b], inst["m"][b], inst["eff"][b]
+            )
+            assert costs[j] == pytest.approx(one_cost) and (states[j] == one_states).all()
+
+
+def test_highs_accepts_a_schedule_as_start_at_its_cost(tmp_path, csp_tiny):
+    """The warm start: an improved schedule as HiGHS' start vector satisfies every row, and
+    HiGHS held to its start columns reports the schedule's cost as its objective."""
+    import highspy
+
+    inst, base, solar, price, mip, space, cost = tiny_case(tmp_path, csp_tiny, 0)
+    greedy, _ = C.price_greedy(space, cost, np.full(space["n"], -1))
+    recurring, oneoff = C.ClassSchedule(space, greedy).decisions()
+    start = dict(recurring_start=recurring, oneoff_start=oneoff)
+    x0 = C.start_vector(mip, start)
+    rows = mip["A"] @ x0
+    assert (rows >= mip["row_lo"] - 1e-9).all() and (rows <= mip["row_hi"] + 1e-9).all()
+    column_cost, offset, _ = C.objective(mip, price)
+    expected, bad = checked(inst, base, solar, price, space, greedy)
+    assert bad == 0 and column_cost @ x0 + offset == pytest.approx(expected)
+    h = C.highs_model(mip, True, 1)
+    n = len(x0)
+    columns = np.arange(n, dtype=np.int32)
+    h.changeColsCost(n, columns, column_cost)
+    h.changeObjectiveOffset(offset)
+    held = np.r_[x0[: mip["n_starts"]], mip["col_hi"][mip["n_starts"] :]]
+    low = np.r_[x0[: mip["n_starts"]], mip["col_lo"][mip["n_starts"] :]]
+    h.changeColsBounds(n, columns, low, held)
+    solution = highspy.HighsSolution()
+    solution.col_value = list(x0)
+    solution.value_valid = True
+    h.setSolution(solution)
+    h.run()
+    assert h.getModelStatus() == highspy.HighsModelStatus.kOptimal
+    assert h.getInfo().objective_function_value == pytest.approx(expected)
+    # and unheld, from that start, HiGHS ends no worse than it
+    label = C.solve_highs(mip, price, gap=0.0, time_limit=60, start=start)
+    assert label["objective"] <= expected + 1e-6
+
+
+def test_table10_rows_need_no_training(csp_data):
+    """no_learning on a few labelled scenarios: greedy, greedy + improve, HiGHS and the label,
+    every schedule feasible; the label's own row is AR 1."""
+    import json
+    from pathlib import Path
+
+    name = "phase2_instance_small_0-forecast-block96-seed0"
+    inst = C.read_instance(csp_data / "instances/phase2_instance_small_0.txt")
+    base, solar = C.read_loads(csp_data)
+    price = C.read_price(csp_data)
+    dataset = Path(C.__file__).parent / C.DATASET_FOLDER / name
+    assert json.loads((dataset / "manifest.json").read_text())["instance"] in name
+    ds = C.load_dataset(inst, base, solar, Path("no-label-folder"), 0, 30, price, dataset=dataset)
+    ds["split"]["test"] = ds["split"]["test"][:2]
+    table = C.no_learning(ds, highs_limits=(0.1,))
+    assert set(table) == {"greedy", "greedy + improve", "HiGHS 0.1 s", "MIP label (1 % gap)"}
+    for method in ("greedy", "greedy + improve", "MIP label (1 % gap)"):
+        assert table[method]["feasible_pct"] == 100
+    assert table["MIP label (1 % gap)"]["ar_controllable"] == pytest.approx(1)
+    assert table["greedy + improve"]["excess_mean"] <= table["greedy"]["excess_mean"] + 1e-9
+    text = C.table10({}, table, 2)
+    assert "| greedy + improve |" in text and "HiGHS 0.1 s" in text

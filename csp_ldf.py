@@ -41,6 +41,7 @@ import scipy.sparse as sp  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from scipy.sparse.csgraph import breadth_first_order, maximum_flow  # noqa: E402
 
 import common  # noqa: E402
 from common import (  # noqa: E402
@@ -2095,8 +2096,11 @@ def train(args, ds, run_dir):
 # columns' costs (objective): the price of the class load less the once-off values. The batteries
 # are then dispatched exactly by battery_dispatch. Everything here works on start columns.
 IMPROVE_EPS = 1e-6  # $: a move must lower the cost by more than this
-EJECTION_TARGETS = 3  # per class, the cheapest room-blocked starts an ejection move tries
+EJECTION_TARGETS = 2  # per class, the cheapest room-blocked starts an ejection move tries
 CHAIN_LIMIT = 5  # a recurring class moves with its descendants only where it has this few
+CENTS = 100  # min-cut capacities are integers: costs in cents
+CUT_INFINITE = 2**30  # capacity of an edge the minimum cut may not cross
+NO_COLUMN = CUT_INFINITE // 4  # capacity of a day on which a class has no column that fits
 MAX_PASSES = 50  # improvement passes over all moves (each pass lowers the cost, or it stops)
 
 
@@ -2216,11 +2220,11 @@ class ClassSchedule:
         hi = min(s["hi"][a], successor_days[successor_days >= 0].min(initial=10**9) - 1)
         return lo, hi
 
-    def feasible(self, a, rooms=True):
-        """Mask over class a's columns that keep precedence (and rooms) feasible, with class a
-        itself taken out first by the caller."""
+    def feasible(self, a, rooms=True, precedence=True):
+        """Mask over class a's columns that keep precedence and rooms feasible (either one
+        alone, as asked), with class a itself taken out first by the caller."""
         s = self.space
-        window = self.window(a)
+        window = self.window(a) if precedence else (0, s["inst"]["days"])
         day = s["class_day"][a]
         if window is None:
             return np.zeros(len(day), bool)
@@ -2272,45 +2276,95 @@ def best_column(schedule, a, cost, rooms=True):
     return best, best_cost
 
 
-def chain_lookahead(space, cost):
-    """Per once-off class and day, what its successors can still earn if it runs that day:
-    bottom-up over the precedence graph, V(a, d) = a's cheapest column on day d + the lookahead
-    of (a, d), and a successor b adds min(0, its best V on a later day), shared among its
-    predecessors (a heuristic estimate: rooms and shared descendants are ignored)."""
-    n_rec = space["n_rec"]
-    days = space["inst"]["days"]
-    value = np.full((space["n"], days + 1), np.inf)  # V(a, d); day `days`: never
-    lookahead = np.zeros((space["n"], days + 1))
-    for a in reversed(space["order"]):
-        if a < n_rec:
+def _day_costs(schedule, a, cost):
+    """Class a's cheapest column cost on each day among the columns that fit the rooms the
+    other classes leave (inf on a day where none does)."""
+    s = schedule.space
+    ks = s["by_class"][a]
+    fits = schedule.feasible(a, precedence=False)
+    per_day = np.full(s["inst"]["days"], np.inf)
+    np.minimum.at(per_day, s["class_day"][a][fits], cost[ks[fits]])
+    return per_day
+
+
+def place_once_off_exactly(schedule, cost):
+    """The once-off classes re-placed by an exact minimum cut: each class's day x_a (or x_a = D,
+    unscheduled) minimises the sum of its cheapest column that day, under x_a >= x_p + 1 for
+    every predecessor p (capped at D: a class whose predecessor is unscheduled is unscheduled).
+    Ishikawa's construction: per class a chain s -> (a, 1) -> ... -> (a, D) -> t whose cut edge
+    says its day; a precedence is an uncuttable edge (p, d) -> (a, min(d + 1, D)). Rooms are
+    those the recurring classes leave; once-off classes that then clash are placed at their
+    cheapest feasible column in precedence order. -> the new cost of the once-off classes."""
+    s = schedule.space
+    n_rec = s["n_rec"]
+    D = s["inst"]["days"]
+    oneoff = [a for a in s["order"] if a >= n_rec]
+    for a in oneoff:
+        schedule.take(a)
+    per_day = {a: _day_costs(schedule, a, cost) for a in oneoff}
+    finite = np.concatenate([v[np.isfinite(v)] for v in per_day.values()])
+    offset = max(0.0, -finite.min(initial=0.0)) + 1.0  # every chain edge's capacity > 0
+    node = {a: 1 + i * D for i, a in enumerate(oneoff)}  # node of (a, d) = node[a] + d - 1
+    source, sink = 0, 1 + len(oneoff) * D
+    tails, heads, capacity = [], [], []
+
+    def edge(u, v, c):
+        tails.append(u)
+        heads.append(v)
+        capacity.append(c)
+
+    for a in oneoff:
+        values = np.r_[per_day[a], 0.0]  # x_a = 0..D-1 a day, D unscheduled
+        big = np.where(np.isfinite(values), np.round((values + offset) * CENTS), NO_COLUMN)
+        chain = [source, *range(node[a], node[a] + D), sink]
+        for d in range(D + 1):
+            has_predecessor = d == 0 and len(s["prec"][a])
+            edge(chain[d], chain[d + 1], CUT_INFINITE if has_predecessor else int(big[d]))
+            if 0 < d < D:
+                edge(chain[d + 1], chain[d], CUT_INFINITE)
+        for p in s["prec"][a]:
+            for d in range(1, D + 1):  # x_p >= d  =>  x_a >= min(d + 1, D)
+                edge(node[p] + d - 1, node[a] + min(d + 1, D) - 1, CUT_INFINITE)
+    n_nodes = sink + 1
+    graph = sp.csr_array((np.array(capacity, np.int32), (tails, heads)), shape=(n_nodes, n_nodes))
+    graph.sum_duplicates()
+    flow = maximum_flow(graph, source, sink, method="dinic").flow
+    residual = (graph - flow).tocsr()
+    residual.data = (residual.data > 0).astype(np.int8)
+    residual.eliminate_zeros()
+    reached = np.zeros(n_nodes, bool)
+    reached[breadth_first_order(residual, source, return_predecessors=False)] = True
+    total = 0.0
+    for a in oneoff:  # x_a = how many of its nodes the source side holds
+        day = int(reached[node[a] : node[a] + D].sum())
+        if day == D:
             continue
-        for b in space["succ"][a]:
-            later_best = np.minimum.accumulate(value[b, ::-1])[::-1]  # best V on day >= d
-            after = np.r_[later_best[1:], np.inf]  # best V on a day > d
-            lookahead[a] += np.minimum(0.0, after) / len(space["prec"][b])
-        ks = space["by_class"][a]
-        np.minimum.at(value[a], space["class_day"][a], cost[ks])
-        value[a] += lookahead[a]
-    return lookahead
+        # its cheapest column that day that fits beside the once-off classes placed before it
+        ks = s["by_class"][a]
+        on_day = schedule.feasible(a) & (s["class_day"][a] == day)
+        if on_day.any():
+            k = ks[np.argmin(np.where(on_day, cost[ks], np.inf))]
+        else:  # the day is full: its cheapest feasible column on any day
+            k, _ = best_column(schedule, a, cost)
+        if k >= 0:
+            schedule.put(a, k)
+            total += cost[k]
+    return total
 
 
 def price_greedy(space, cost, fallback):
-    """The price-aware constructive heuristic: classes in precedence order (recurring first),
-    each at its cheapest start that keeps rooms and precedences feasible; a once-off class only
-    where its value beats its cost. A recurring class that fits nowhere -> `fallback` (columns).
+    """The price-aware constructive heuristic: the recurring classes in precedence order, each
+    at its cheapest start that keeps rooms and precedences feasible; then the once-off classes
+    by place_once_off_exactly (each where its value beats its cost, its chain's days chosen
+    together). A recurring class that fits nowhere -> `fallback` (columns).
     -> (chosen columns, fell back)."""
     schedule = ClassSchedule(space, np.full(space["n"], -1))
-    lookahead = chain_lookahead(space, cost)
-    for a in space["order"]:
-        if a >= space["n_rec"]:
-            # a once-off class is worth its cost plus what it lets its successors earn
-            k, _ = best_column(schedule, a, cost + lookahead[a][space["day"]])
-        else:
-            k, _ = best_column(schedule, a, cost)
-        if k < 0 and a < space["n_rec"]:
+    for a in space["order"][: space["n_rec"]]:
+        k, _ = best_column(schedule, a, cost)
+        if k < 0:
             return np.array(fallback), True
-        if k >= 0:
-            schedule.put(a, k)
+        schedule.put(a, k)
+    place_once_off_exactly(schedule, cost)
     return schedule.chosen.copy(), False
 
 
@@ -2366,13 +2420,14 @@ def _eject(schedule, a, cost):
     way and put them back at their cheapest feasible columns (a swap when one class blocks)."""
     s = schedule.space
     old = schedule.chosen[a]
-    old_cost = cost[old] if old >= 0 else 0.0
+    if old < 0:
+        return False
+    old_cost = cost[old]
     schedule.take(a)
     ks = s["by_class"][a]
     precedence_ok = schedule.feasible(a, rooms=False)
     room_ok = schedule.feasible(a)
-    if old >= 0:
-        schedule.put(a, old)
+    schedule.put(a, old)
     blocked = np.flatnonzero(precedence_ok & ~room_ok & (cost[ks] < old_cost - IMPROVE_EPS))
     for j in blocked[np.argsort(cost[ks[blocked]])][:EJECTION_TARGETS]:
         k = ks[j]
@@ -2399,6 +2454,13 @@ def _in_way(schedule, a, k):
     mine = s["run_float"][k][None, None, :]  # 1, 1, run
     overlap = (theirs < mine + s["dur"][k]) & (mine < theirs + s["dur"][columns][:, None, None])
     return list(others[overlap.any((1, 2))])
+
+
+def _place_once_off(schedule, a, cost):
+    """All once-off classes re-placed by place_once_off_exactly, kept if that is cheaper (a is
+    ignored: one move per pass)."""
+    oneoff = list(range(schedule.space["n_rec"], schedule.space["n"]))
+    return _try(schedule, cost, oneoff, lambda: place_once_off_exactly(schedule, cost))
 
 
 def _descendants(space, a):
@@ -2443,34 +2505,39 @@ def _shift_chain(schedule, a, cost, floor):
     return False
 
 
-def improve(space, chosen, cost):
+def improve(space, chosen, cost, seconds=None):
     """Local improvement of a feasible class schedule (the CSP analogue of knapsack's swaps):
     while a move lowers the cost -- one class to its cheapest feasible start, a once-off class
     added or dropped (_move_one); a class with its precedence descendants on another day
     (_shift_chain); a class onto a start that rooms block, the classes in its way re-placed
     (_eject, a swap when one class blocks) -- make it. Every move keeps the schedule feasible.
+    With `seconds`, it stops once that much wall time has passed (between moves).
     -> (chosen columns, passes)."""
+    deadline = np.inf if seconds is None else time.perf_counter() + seconds
     schedule = ClassSchedule(space, chosen)
     floor = np.array([cost[ks].min() for ks in space["by_class"]])  # each class's cheapest column
     floor[space["n_rec"] :] = np.minimum(floor[space["n_rec"] :], 0.0)  # or left out
-    with_successors = [
+    with_successors = [  # (once-off chains: _place_once_off places them all at once)
         a
-        for a in space["order"]
-        if len(space["succ"][a])
-        and (a >= space["n_rec"] or len(_descendants(space, a)) <= CHAIN_LIMIT)
+        for a in space["order"][: space["n_rec"]]
+        if 0 < len(_descendants(space, a)) <= CHAIN_LIMIT
     ]
+    moves = (  # cheap moves first
+        (_move_one, space["order"], ()),
+        (_place_once_off, [space["n_rec"]], ()),
+        (_shift_chain, with_successors, (floor,)),
+        (_eject, space["order"], ()),
+    )
     passes = 0
     moved = True
     while moved and passes < MAX_PASSES:
         passes += 1
         moved = False
-        for a in space["order"]:
-            moved |= _move_one(schedule, a, cost)
-        for a in with_successors:
-            moved |= _shift_chain(schedule, a, cost, floor)
-        for a in space["order"]:
-            if schedule.chosen[a] >= 0:
-                moved |= _eject(schedule, a, cost)
+        for move, classes, extra in moves:
+            for a in classes:
+                if time.perf_counter() > deadline:
+                    return schedule.chosen.copy(), passes
+                moved |= move(schedule, a, cost, *extra)
     return schedule.chosen.copy(), passes
 
 

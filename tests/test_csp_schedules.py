@@ -174,3 +174,35 @@ def test_table10_rows_need_no_training(csp_data):
     assert table["greedy + improve"]["excess_mean"] <= table["greedy"]["excess_mean"] + 1e-9
     text = C.table10({}, table, 2)
     assert "| greedy + improve |" in text and "HiGHS 0.1 s" in text
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_once_off_min_cut_is_the_exact_once_off_optimum(tmp_path, csp_tiny, seed):
+    """With the recurring classes held where the greedy put them, place_once_off_exactly's
+    once-off classes cost what HiGHS proves optimal for them (the tiny instance's two once-off
+    classes use different room sizes, so the cut's model is exact there)."""
+    import highspy
+
+    inst, base, solar, price, mip, space, cost = tiny_case(tmp_path, csp_tiny, seed)
+    greedy, _ = C.price_greedy(space, cost, np.full(space["n"], -1))
+    schedule = C.ClassSchedule(space, greedy)
+    C.place_once_off_exactly(schedule, cost)
+    placed_cost, bad = checked(inst, base, solar, price, space, schedule.chosen)
+    assert bad == 0
+    column_cost, offset, _ = C.objective(mip, price)
+    h = C.highs_model(mip, True, 1)
+    n = len(column_cost)
+    columns = np.arange(n, dtype=np.int32)
+    h.changeColsCost(n, columns, column_cost)
+    h.changeObjectiveOffset(offset)
+    recurring = mip["cols"]["cls"] < space["n_rec"]
+    held = np.zeros(mip["n_starts"])
+    held[greedy[: space["n_rec"]]] = 1
+    low = np.r_[np.where(recurring, held, 0), mip["col_lo"][mip["n_starts"] :]]
+    high = np.r_[np.where(recurring, held, 1), mip["col_hi"][mip["n_starts"] :]]
+    h.changeColsBounds(n, columns, low, high)
+    h.setOptionValue("mip_rel_gap", 0.0)
+    h.run()
+    assert h.getModelStatus() == highspy.HighsModelStatus.kOptimal
+    # (the cut prices in cents: two classes round by at most a cent each)
+    assert placed_cost == pytest.approx(h.getInfo().objective_function_value, abs=0.02)

@@ -139,9 +139,10 @@ def parse_args(argv=None):
     g.add_argument(
         "--solver",
         choices=SOLVERS,
-        help="exact back end for the labels: ortools (branch and bound; default on "
-        "uncorrelated data), core (expanding-core dynamic program; default on the other "
-        "classes), gurobi (falls back to the default if its licence is small)",
+        help="exact back end for the labels: combo (default: the C++ expanding-core dynamic "
+        "program of csrc/knapsack.h after Pisinger's combo; core where it cannot be built), "
+        "ortools (branch and bound), core (the same algorithm in numpy), gurobi (falls back to "
+        "the default if its licence is small)",
     )
     g.add_argument(
         "--time-limit",
@@ -547,7 +548,7 @@ def split(n_instances, seed):
 
 
 # ====================================================================== 2. labels
-SOLVERS = ("ortools", "core", "gurobi")
+SOLVERS = ("ortools", "core", "gurobi", "combo")
 DEFAULT_TIME_LIMIT = 60.0  # seconds per instance before a label is given up with an error
 
 
@@ -556,9 +557,25 @@ class LabelTimeout(RuntimeError):
 
 
 def default_solver(distribution):
-    """OR-Tools' branch and bound on the thesis' uncorrelated data (its labels, as before); the
-    core algorithm on Pisinger's other classes, where the branch and bound does not finish."""
-    return "ortools" if distribution == "uncorrelated" else "core"
+    """The C++ solver (solve_combo) on every class: the fastest exact labels on all of them
+    (bench/knapsack_exact.py). Earlier defaults, still options: OR-Tools on uncorrelated data,
+    the numpy core algorithm on the other classes."""
+    return "combo"
+
+
+def solve_combo(w, v, capacity, time_limit=None):
+    """Exact labels by the C++ solver of csrc/knapsack.h (combo's algorithm: core expansion,
+    dominance, state-item pairing, cardinality bounds; exact integer arithmetic); LabelTimeout
+    when not proven optimal within time_limit seconds. Where the C++ op cannot be built it warns
+    and runs solve_core."""
+    from csrc import knapsack as exact
+
+    if not exact.available():
+        return solve_core(w, v, capacity, time_limit)
+    try:
+        return exact.solve(w, v, capacity, time_limit)
+    except exact.TimeLimit as err:
+        raise LabelTimeout(str(err)) from None
 
 
 def solve_ortools(w, v, capacity, time_limit=None):
@@ -815,7 +832,7 @@ def gurobi_usable(n_items):
     try:
         import gurobipy as gp
     except ImportError:
-        print("gurobipy is not installed; falling back to OR-Tools", file=sys.stderr)
+        print("gurobipy is not installed; falling back to the default solver", file=sys.stderr)
         return False
     try:
         solve_gurobi(np.ones(n_items), np.ones(n_items), 1.0)
@@ -823,13 +840,18 @@ def gurobi_usable(n_items):
     except gp.GurobiError as err:
         print(
             f"Gurobi cannot solve an {n_items}-item model here ({err}); its pip licence admits "
-            "at most 2000 variables; falling back to OR-Tools",
+            "at most 2000 variables; falling back to the default solver",
             file=sys.stderr,
         )
         return False
 
 
-SOLVE = {"ortools": solve_ortools, "core": solve_core, "gurobi": solve_gurobi}
+SOLVE = {
+    "ortools": solve_ortools,
+    "core": solve_core,
+    "gurobi": solve_gurobi,
+    "combo": solve_combo,
+}
 
 
 def solve_chunk(job):

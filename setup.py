@@ -1,4 +1,5 @@
-"""Ahead-of-time build of the one-hot surrogate op of csrc/ (loaded by csrc/ops.py):
+"""Ahead-of-time build of the ops of csrc/ (loaded by csrc/ops.py): the one-hot surrogate and the
+exact knapsack solver (knapsack_exact, csrc/knapsack.cpp):
 
     python setup.py build_ext --inplace          # or: pip install --no-build-isolation -e .
 
@@ -19,6 +20,7 @@ from csrc.ops import (
     CUDA_FLAGS,
     CUDA_SOURCE,
     CXX_FLAGS,
+    KNAPSACK_SOURCE,
     LINK_FLAGS,
     PREBUILT_MODULE,
     WITH_CUDA_MACRO,
@@ -29,7 +31,7 @@ FORCE_CUDA_ENV = "LDF_IP_CUDA"
 build_cuda = CUDA_HOME is not None and (
     torch.cuda.is_available() or os.environ.get(FORCE_CUDA_ENV) == "1"
 )
-sources = [os.path.join("csrc", CPU_SOURCE)]
+sources = [os.path.join("csrc", source) for source in (CPU_SOURCE, KNAPSACK_SOURCE)]
 if build_cuda:
     sources.append(os.path.join("csrc", CUDA_SOURCE))
     extension = CUDAExtension(

@@ -189,7 +189,7 @@ def trained(args, distribution, value_range, network):
     return os.path.join(out, CHECKPOINTS[network])
 
 
-LABEL_SOLVERS = {"ortools": ks.solve_ortools, "core": ks.solve_core}
+LABEL_SOLVERS = {"ortools": ks.solve_ortools, "core": ks.solve_core, "combo": ks.solve_combo}
 
 
 def timed_afresh(args, distribution, value_range, checkpoints):

@@ -37,7 +37,8 @@ CSRC_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(CSRC_DIR)
 CPU_SOURCE = "onehot.cpp"
 CUDA_SOURCE = "onehot_cuda.cu"
-HEADERS = ("onehot.h", "onehot_kernels.h")
+KNAPSACK_SOURCE = "knapsack.cpp"  # ldf_ip::knapsack_exact (csrc/knapsack.py), in the same library
+HEADERS = ("onehot.h", "onehot_kernels.h", "knapsack.h")
 
 PREBUILT_MODULE = "_ldf_ip_ops"  # built by setup.py; importing it registers the op
 WITH_CUDA_MACRO = "LDF_IP_WITH_CUDA"  # setup.py defines it when it compiles the CUDA kernels in
@@ -54,6 +55,8 @@ BUILD_ERROR_CHARS = 300  # how much of a build error the fallback warning quotes
 BUILD_ERRORS = (OSError, RuntimeError, ImportError, subprocess.SubprocessError)
 
 OP = "ldf_ip::onehot_surrogate"
+KNAPSACK_OP = "ldf_ip::knapsack_exact"
+KNAPSACK_FALLBACK = "the exact knapsack solver falls back to numpy (knapsack_ldf.solve_core)"
 BACKWARD_OP = "ldf_ip::onehot_surrogate_backward"
 DEFAULT_K = 20.0
 FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -160,7 +163,7 @@ def _jit_build():
 
     cuda = torch.cuda.is_available() and CUDA_HOME is not None
     name = JIT_NAME_CUDA if cuda else JIT_NAME_CPU
-    sources = [os.path.join(CSRC_DIR, CPU_SOURCE)]
+    sources = [os.path.join(CSRC_DIR, source) for source in (CPU_SOURCE, KNAPSACK_SOURCE)]
     if cuda:
         sources.append(os.path.join(CSRC_DIR, CUDA_SOURCE))
     build_dir = os.environ.get(BUILD_DIR_ENV) or os.path.join(REPO_ROOT, "build", "jit-" + name)
@@ -184,8 +187,8 @@ def _jit_build():
         kind = "C++/CUDA" if cuda else "C++"
         seconds = time.time() - start
         print(
-            f"ldf-ip: onehot_surrogate uses the {kind} extension (JIT-built in {seconds:.0f} s "
-            f"into {os.path.normpath(build_dir)})",
+            f"ldf-ip: onehot_surrogate and knapsack_exact use the {kind} extension (JIT-built "
+            f"in {seconds:.0f} s into {os.path.normpath(build_dir)})",
             file=sys.stderr,
         )
     return cuda
@@ -204,32 +207,48 @@ def _op_runs_on_cuda():
     return True
 
 
-def _load_extension():
-    """Load the C++ op; return (how, whether it has CUDA kernels), how being "prebuilt" or "jit",
-    or "torch" when it cannot be had."""
-    if os.environ.get(IMPL_ENV) == "torch":
-        return "torch", False
+# what _load_library() found: (how, whether it has CUDA kernels, why it failed or None)
+_library_state = {}
+
+
+def _load_library(fallback):
+    """Load the library of the C++ ops (once); return (how, whether it has CUDA kernels), how being
+    "prebuilt" or "jit", or "torch" when it cannot be had, which warns that `fallback`."""
+    if not _library_state:
+        _library_state["result"] = _find_library()
+    how, cuda, error = _library_state["result"]
+    if error is not None:
+        warnings.warn(
+            f"ldf-ip: {fallback}, the C++ extension could not be built or loaded ({error})",
+            stacklevel=3,
+        )
+    return how, cuda
+
+
+def _find_library():
     if _op_defined() and PREBUILT_MODULE not in sys.modules:
         # Loaded by other code of this process: loading a second library that defines the op
         # would abort the process.
-        return "jit", torch.cuda.is_available() and _op_runs_on_cuda()
+        return "jit", torch.cuda.is_available() and _op_runs_on_cuda(), None
     try:
         import _ldf_ip_ops
     except ImportError:
         pass
     else:
-        return "prebuilt", bool(getattr(_ldf_ip_ops, "WITH_CUDA", False))
+        return "prebuilt", bool(getattr(_ldf_ip_ops, "WITH_CUDA", False)), None
     try:
         cuda = _jit_build()
     except BUILD_ERRORS as err:  # run, slower
-        message = f"{type(err).__name__}: {str(err)[-BUILD_ERROR_CHARS:]}"
-        warnings.warn(
-            "ldf-ip: onehot_surrogate falls back to pure PyTorch, the C++ extension could not be "
-            f"built or loaded ({message})",
-            stacklevel=2,
-        )
+        return "torch", False, f"{type(err).__name__}: {str(err)[-BUILD_ERROR_CHARS:]}"
+    return "jit", cuda, None
+
+
+def _load_extension():
+    """Load the C++ op; return (how, whether it has CUDA kernels), how being "prebuilt" or "jit",
+    or "torch" when it cannot be had."""
+    if os.environ.get(IMPL_ENV) == "torch":
         return "torch", False
-    return "jit", cuda
+    return _load_library("onehot_surrogate falls back to pure PyTorch")
 
 
 # ---------------------------------------------------------------- the C++ op: fake, autograd
@@ -290,6 +309,37 @@ def _backend():
             _register_python_side()
         _backend_state.update(impl=impl, cuda=cuda)
     return _backend_state["impl"], _backend_state["cuda"]
+
+
+# ---------------------------------------------------------------- the knapsack op
+_knapsack_state = {}  # what knapsack_op_loaded() found
+
+
+def _knapsack_fake(weights, values, capacity, time_limit):
+    n_instances = weights.shape[0]
+    return (
+        weights.new_empty(weights.shape, dtype=torch.uint8),
+        weights.new_empty((n_instances,), dtype=torch.int64),
+        weights.new_empty((n_instances,), dtype=torch.float64),
+    )
+
+
+def knapsack_op_loaded():
+    """Whether ldf_ip::knapsack_exact (csrc/knapsack.cpp) can run: its library is loaded (or
+    built) on the first call, whatever LDF_IP_ONEHOT says; else a warning, once."""
+    if not _knapsack_state:
+        impl, _cuda = _load_library(KNAPSACK_FALLBACK)
+        loaded = impl != "torch" and hasattr(torch.ops.ldf_ip, "knapsack_exact")
+        if impl != "torch" and not loaded:
+            warnings.warn(
+                f"ldf-ip: {KNAPSACK_FALLBACK}, the prebuilt {PREBUILT_MODULE} has no "
+                "knapsack_exact (rebuild it: python setup.py build_ext --inplace)",
+                stacklevel=2,
+            )
+        if loaded:
+            torch.library.register_fake(KNAPSACK_OP)(_knapsack_fake)
+        _knapsack_state["loaded"] = loaded
+    return _knapsack_state["loaded"]
 
 
 def __getattr__(name):

@@ -19,7 +19,7 @@ def tiny(tmp_path, *extra, items=12):
 
 def label_folder(tmp_path):
     folder = ks.data_folder(tmp_path / "data", 12, 100, 0, ks.THESIS_VALUE_RANGE)
-    return os.path.join(folder, "labels_ortools")
+    return os.path.join(folder, "labels_combo")
 
 
 # ---------------------------------------------------------------- caches tied to their inputs

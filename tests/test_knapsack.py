@@ -343,10 +343,10 @@ def test_labels_only_on_a_class_caches_it_and_prints_greedy(tmp_path, capsys):
     flags += ["--instances", "40", "--workers", "1", "--data-dir", str(tmp_path), "--labels-only"]
     ks.main(flags)
     out = capsys.readouterr().out
-    assert "labels by core" in out and "greedy v/w on all 40 instances: AR 1.0" in out
+    assert "labels by combo" in out and "greedy v/w on all 40 instances: AR 1.0" in out
     folder = ks.data_folder(tmp_path, 30, 40, 0, 1000, "strongly-correlated")
     assert folder.endswith("strongly-correlated_R1000_n30_S40_seed0")
-    assert len(os.listdir(os.path.join(folder, "labels_core"))) > 0
+    assert len(os.listdir(os.path.join(folder, "labels_combo"))) > 0
     args = ks.parse_args(flags[:-1])
     assert args.out == os.path.join("runs", "knapsack", "strongly-correlated_R1000", "ldf")
     assert "distribution" in ks.resume_fingerprint(vars(args))
@@ -583,8 +583,8 @@ def test_label_free_training_loss_falls_and_needs_no_training_labels(tmp_path):
         )
     )
     labels = ks.data_folder(tmp_path / "data", 20, 300, 0, ks.THESIS_VALUE_RANGE)
-    assert not os.path.exists(os.path.join(labels, "labels_ortools"))
-    assert os.path.exists(os.path.join(labels, "labels_ortools_valtest"))
+    assert not os.path.exists(os.path.join(labels, "labels_combo"))
+    assert os.path.exists(os.path.join(labels, "labels_combo_valtest"))
     res = json.loads((out / "results.json").read_text())
     violations = [h["violation"] for h in res["history"]]  # the LP violation of the relaxation
     assert violations[-1] < violations[0] / 2

@@ -1,0 +1,724 @@
+// Exact 0/1 knapsack by an expanding-core dynamic program after Pisinger's minknap ("A minimal
+// algorithm for the 0-1 knapsack problem", Operations Research 45, 1997) and combo (Martello,
+// Pisinger and Toth, "Dynamic programming and strong bounds for the 0-1 knapsack problem",
+// Management Science 45, 1999). Written from the papers; no torch here (csrc/knapsack.cpp wraps it
+// as the op ldf_ip::knapsack_exact), so that it can be compiled and tried on its own.
+//
+// The problem: maximise sum p_j x_j subject to sum w_j x_j <= c, x_j in {0, 1}, integer data.
+// The algorithm, per (sub)problem ("level"):
+//   * items sorted by falling efficiency e_j = p_j / w_j (exact: p_i w_j vs p_j w_i in 128 bits);
+//     the break item b is the first that does not fit; the break solution takes items 0..b-1.
+//   * incumbent z: the break solution filled greedily with the later items that fit.
+//   * the core [s, t] grows from b outwards, one item to the right (t + 1: may be added) and one to
+//     the left (s - 1: may be removed) in turn. A state is a solution that takes every item before
+//     s, none after t and any subset of the core: (weight, profit, the last 64 core decisions).
+//     States are kept sorted by weight with rising profits: a state no lighter and no more
+//     valuable than another is dominated and dropped (the merge of the old states with the old
+//     states plus the new item does this in linear time).
+//   * an item about to enter the core whose Dembo-Hammer bound (the LP bound with the item fixed
+//     at the other value) cannot beat z is fixed and never enters ("reduction").
+//   * a state is dropped when its upper bound cannot beat z: under the capacity it can at best
+//     add items of efficiency <= e_{t+1}, over it it must remove items of efficiency >= e_{s-1}.
+//   * state-item pairing (combo): once there are many states, every state is tried with one item
+//     outside the core added (or removed), for a better incumbent sooner; on subset-sum data also
+//     with the subsets of the next 32 items (two lists, as Horowitz and Sahni).
+//   * surrogate relaxation (combo): the cardinality constraint surrogated into the capacity with
+//     the Lagrangian multiplier gives a knapsack of its own, solved by a nested solver; its
+//     optimum bounds this problem, and its solution, where it fits, is optimal.
+//   * cardinality bounds (combo): every solution worth z + 1 takes between k_min and k_max items;
+//     the Lagrangian relaxation of these constraints with the LP bound gives an upper bound that
+//     may prove z optimal long before the core is exhausted (strongly correlated data).
+//   * solution vectors (minknap): a state keeps only its last 64 core decisions; if the best state
+//     depends on earlier ones, the items of those decisions form a smaller knapsack whose optimum
+//     is known, solved the same way (each such level has at least 64 items fewer).
+// All arithmetic is exact in 64-bit integers, products in 128 bits; the sums of weights and of
+// profits must stay below 2^62 (else kTooLarge).
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+namespace ldf_ip {
+namespace knapsack {
+
+using i64 = int64_t;
+using i128 = __int128;
+using u64 = uint64_t;
+
+// What a solve ends with; csrc/knapsack.py turns each into its message.
+enum Status : int64_t {
+  kOptimal = 0,
+  kTimeLimit = 1,      // not proven optimal within the time limit
+  kStateLimit = 2,     // more states than kMaxStates (memory)
+  kTooLarge = 3,       // the sums of weights or profits reach kMaxSum
+  kBadInput = 4,       // a negative weight
+  kInternalError = 5,  // a reconstructed solution that does not check out (a bug)
+};
+
+constexpr i64 kMaxSum = i64(1) << 62;  // sums of weights, of profits: exact bounds below 2^62
+constexpr size_t kMaxStates = size_t(1) << 22;  // about 100 MB of states per thread
+constexpr int kVectorBits = 64;                 // core decisions a state remembers
+constexpr size_t kPairingStates = 1000;         // pairing once there are more states than this
+constexpr int kPairingPeriod = 1;               // ... every this many core steps
+constexpr int kBlockItems = 32;                 // items next to the core in block pairing
+constexpr size_t kCardinalityStates = 1000;     // the cardinality bound beyond this many states
+constexpr size_t kSurrogateStates = 4000;  // the surrogate relaxation beyond this many states
+constexpr int kSurrogateDepth = 1;         // surrogate problems are not relaxed again
+constexpr i64 kNoTarget = std::numeric_limits<i64>::min();
+
+struct Item {
+  i64 w, p;
+  int32_t index;  // in the caller's arrays
+};
+
+struct State {
+  i64 w, p;
+  u64 vect;  // bit k: whether the k-th most recent core item is toggled against the break solution
+};
+
+class Deadline {
+ public:
+  explicit Deadline(double seconds)
+      : limited_(seconds > 0 && seconds < kForever),
+        end_(std::chrono::steady_clock::now() +
+             std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                 std::chrono::duration<double>(limited_ ? seconds : 0.0))) {}
+  bool passed() const { return limited_ && std::chrono::steady_clock::now() > end_; }
+
+ private:
+  static constexpr double kForever = 1e9;  // seconds: no limit at all
+  bool limited_;
+  std::chrono::steady_clock::time_point end_;
+};
+
+// a ahead of b in efficiency order: p_a / w_a > p_b / w_b, ties by index
+inline bool more_efficient(const Item& a, const Item& b) {
+  const i128 left = i128(a.p) * b.w, right = i128(b.p) * a.w;
+  return left != right ? left > right : a.index < b.index;
+}
+
+inline i64 gcd64(i64 a, i64 b) {
+  while (b != 0) {
+    const i64 r = a % b;
+    a = b;
+    b = r;
+  }
+  return a;
+}
+
+// floor(a / b) for b > 0
+inline i128 floor_div(i128 a, i128 b) {
+  i128 q = a / b;
+  if ((a % b != 0) && (a < 0)) --q;
+  return q;
+}
+
+// The Lagrangian cardinality bound of combo for one level's items (any order), capacity c.
+class CardinalityBound {
+ public:
+  void prepare(const std::vector<Item>& items, i64 c) {
+    c_ = c;
+    items_ = &items;
+    std::vector<i64> w, p;
+    for (const Item& it : items) {
+      w.push_back(it.w);
+      p.push_back(it.p);
+    }
+    std::sort(w.begin(), w.end());
+    std::sort(p.begin(), p.end(), std::greater<i64>());
+    // k_max: the most items that fit (the lightest)
+    k_max_ = 0;
+    i64 weight = 0;
+    while (k_max_ < w.size() && weight + w[k_max_] <= c) weight += w[k_max_++];
+    profit_prefix_.assign(1, 0);
+    for (i64 v : p) profit_prefix_.push_back(profit_prefix_.back() + v);
+    sum_w_ = std::accumulate(w.begin(), w.end(), i64(0));
+    max_p_ = p.empty() ? 0 : p.front();
+    ready_ = true;
+  }
+  bool ready() const { return ready_; }
+
+  // An upper bound on every solution worth at least target (target - 1 when there is none):
+  // such a solution takes k in [k_min, k_max] items, and for every integer lambda,
+  //   z <= lambda * (k_max if lambda >= 0 else k_min) + LP(profits p - lambda).
+  // The bound is convex in lambda; its subgradient k - sum x_LP(lambda) guides a bisection.
+  i128 bound(i64 target) {
+    const i64 total = profit_prefix_.back();
+    if (target > total) return i128(target) - 1;
+    size_t k_min = 0;
+    if (target > 0)
+      k_min = std::lower_bound(profit_prefix_.begin(), profit_prefix_.end(), target) -
+              profit_prefix_.begin();
+    if (k_min > k_max_) return i128(target) - 1;
+    k_min_ = k_min;
+    i128 lo = -(i128(sum_w_) + total), hi = max_p_;
+    // warm start: the multiplier of the last call, bracketed by doubling steps
+    if (have_last_ && last_ > lo && last_ < hi) {
+      i128 step = 1;
+      if (slope_sign(last_) >= 0) {
+        hi = last_;
+        while (hi - step > lo && slope_sign(hi - step) >= 0) {
+          hi -= step;
+          step *= 2;
+        }
+        lo = std::max(lo, hi - step);
+      } else {
+        lo = last_ + 1;
+        while (lo + step < hi && slope_sign(lo + step) < 0) {
+          lo += step + 1;
+          step *= 2;
+        }
+        hi = std::min(hi, lo + step);
+      }
+    }
+    while (lo < hi) {  // the smallest lambda whose slope is >= 0
+      const i128 mid = lo + floor_div(hi - lo, 2);
+      if (slope_sign(mid) >= 0)
+        hi = mid;
+      else
+        lo = mid + 1;
+    }
+    last_ = lo;
+    have_last_ = true;
+    const i128 below = value(lo - 1), at = value(lo);
+    if (below < at) last_ = lo - 1;
+    return std::min(below, at);
+  }
+
+  // The multiplier of the last bound, and its cardinality (k_max if >= 0, else k_min).
+  i128 multiplier() const { return last_; }
+  i64 cardinality() const { return k_of(last_); }
+
+ private:
+  struct Adjusted {
+    i128 q;  // p - lambda > 0
+    i64 w;
+  };
+  struct Lp {
+    i128 value;  // floor of the LP bound
+    i64 full;    // items taken whole
+    i64 rem;     // capacity left for the break item
+    i64 w_break;  // its weight (0: no break item, everything fits)
+  };
+
+  i64 k_of(i128 lambda) const { return lambda >= 0 ? i64(k_max_) : i64(k_min_); }
+
+  i128 value(i128 lambda) {
+    const Lp lp = solve_lp(lambda);
+    return lambda * k_of(lambda) + lp.value;
+  }
+
+  // sign of k - sum x_LP(lambda)
+  int slope_sign(i128 lambda) {
+    const Lp lp = solve_lp(lambda);
+    const i64 k = k_of(lambda);
+    if (lp.w_break == 0) return k > lp.full ? 1 : (k < lp.full ? -1 : 0);
+    const i128 d = i128(k - lp.full) * lp.w_break - lp.rem;
+    return d > 0 ? 1 : (d < 0 ? -1 : 0);
+  }
+
+  // The LP relaxation with profits p - lambda, by weighted quickselect: expected linear time.
+  Lp solve_lp(i128 lambda) {
+    buf_.clear();
+    for (const Item& it : *items_) {
+      const i128 q = i128(it.p) - lambda;
+      if (q > 0) buf_.push_back({q, it.w});
+    }
+    Lp out{0, 0, 0, 0};
+    i64 cap = c_;
+    size_t lo = 0, hi = buf_.size();
+    while (lo < hi) {
+      const Adjusted pivot = buf_[lo + (hi - lo) / 2];
+      // three-way partition of [lo, hi): more efficient than the pivot | as efficient | less
+      size_t gt = lo, i = lo, lt = hi;
+      while (i < lt) {
+        const i128 a = buf_[i].q * pivot.w, b = pivot.q * buf_[i].w;
+        if (a > b)
+          std::swap(buf_[gt++], buf_[i++]);
+        else if (a < b)
+          std::swap(buf_[i], buf_[--lt]);
+        else
+          ++i;
+      }
+      i128 w_gt = 0, q_gt = 0;
+      for (size_t j = lo; j < gt; ++j) {
+        w_gt += buf_[j].w;
+        q_gt += buf_[j].q;
+      }
+      if (w_gt > cap) {  // the break item is among the more efficient ones
+        hi = gt;
+        continue;
+      }
+      cap -= i64(w_gt);
+      out.value += q_gt;
+      out.full += i64(gt - lo);
+      for (size_t j = gt; j < lt; ++j) {  // equally efficient: whole items while they fit
+        if (buf_[j].w <= cap) {
+          cap -= buf_[j].w;
+          out.value += buf_[j].q;
+          ++out.full;
+        } else {
+          out.rem = cap;
+          out.w_break = buf_[j].w;
+          out.value += (i128(cap) * buf_[j].q) / buf_[j].w;
+          return out;
+        }
+      }
+      lo = lt;
+    }
+    return out;
+  }
+
+  const std::vector<Item>* items_ = nullptr;
+  i64 c_ = 0;
+  size_t k_max_ = 0, k_min_ = 0;
+  std::vector<i64> profit_prefix_;
+  i64 sum_w_ = 0, max_p_ = 0;
+  std::vector<Adjusted> buf_;
+  i128 last_ = 0;
+  bool have_last_ = false;
+  bool ready_ = false;
+};
+
+class Solver {
+ public:
+  // Solves one instance: x (n bytes) gets the optimal 0/1 solution (all 0 unless kOptimal).
+  Status solve(const i64* w, const i64* p, i64 n, i64 c, uint8_t* x, const Deadline& deadline) {
+    std::fill(x, x + n, uint8_t(0));
+    deadline_ = &deadline;
+    if (c < 0) return kOptimal;  // not even the empty solution fits; x = 0 as solve_core
+    std::vector<Item> items;
+    i128 sum_w = 0, sum_p = 0;
+    for (i64 j = 0; j < n; ++j) {
+      if (w[j] < 0) return kBadInput;
+      if (p[j] <= 0 || w[j] > c) continue;  // never worth taking / never fits
+      if (w[j] == 0) {  // free
+        x[j] = 1;
+        continue;
+      }
+      sum_w += w[j];
+      sum_p += p[j];
+      items.push_back({w[j], p[j], int32_t(j)});
+    }
+    if (sum_w >= kMaxSum || sum_p >= kMaxSum) return kTooLarge;
+    c = i64(std::min<i128>(c, sum_w));  // keeps every bound product within 128 bits
+    std::vector<int32_t> taken;
+    i64 value = 0;
+    const Status status = solve_level(std::move(items), c, kNoTarget, taken, value);
+    if (status != kOptimal) return status;
+    for (int32_t j : taken) x[j] = 1;
+    return kOptimal;
+  }
+
+ private:
+  // What the incumbent z is: the greedy solution, or a state (plus one item outside the core
+  // toggled, when pairing found it).
+  struct Incumbent {
+    bool from_state = false;
+    u64 vect = 0;
+    size_t decisions = 0;  // core items toggled so far when it was found
+    std::vector<int> extra;  // items outside the core toggled too (positions): pairing
+    std::vector<char> full;  // not from a state: the solution (positions), empty for greedy
+  };
+
+  // One level: an optimal solution of items under capacity c (original indices into `taken`); with
+  // a target, any solution worth at least target (the caller knows one exists and is optimal).
+  Status solve_level(std::vector<Item> items, i64 c, i64 target, std::vector<int32_t>& taken,
+                     i64& value) {
+    auto too_heavy = [c](const Item& it) { return it.w > c; };
+    items.erase(std::remove_if(items.begin(), items.end(), too_heavy), items.end());
+    const int m = int(items.size());
+    value = 0;
+    if (m == 0) return (target == kNoTarget || target <= 0) ? kOptimal : kInternalError;
+    // rudimentary divisibility: with all weights multiples of g, only multiples of g are reachable
+    i64 g = 0;
+    for (const Item& it : items) g = gcd64(g, it.w);
+    c = c / g * g;
+    std::sort(items.begin(), items.end(), more_efficient);
+    // the break item b and the break solution (items 0..b-1)
+    i64 w_bar = 0, p_bar = 0;
+    int b = 0;
+    while (b < m && w_bar + items[b].w <= c) {
+      w_bar += items[b].w;
+      p_bar += items[b].p;
+      ++b;
+    }
+    if (b == m) {  // everything fits
+      if (target != kNoTarget && p_bar < target) return kInternalError;
+      for (const Item& it : items) taken.push_back(it.index);
+      value = p_bar;
+      return kOptimal;
+    }
+    // the greedy incumbent
+    std::vector<char> greedy(m, 0);
+    i64 z = p_bar, room = c - w_bar;
+    for (int j = 0; j < m; ++j) {
+      if (j < b) {
+        greedy[j] = 1;
+      } else if (items[j].w <= room) {
+        greedy[j] = 1;
+        room -= items[j].w;
+        z += items[j].p;
+      }
+    }
+    bool have_solution = true;
+    const bool greedy_reaches_target = target != kNoTarget && z >= target;
+    if (target != kNoTarget && z < target) {  // no solution yet: only states worth target count
+      z = target - 1;
+      have_solution = false;
+    }
+    const i64 wb = items[b].w, pb = items[b].p;
+    // Dantzig's LP bound: z proven optimal at once?
+    const i128 dantzig = p_bar + (i128(c - w_bar) * pb) / wb;
+    Incumbent best;
+    std::vector<int> toggled;  // core items (positions) in the order they entered the core
+    if (dantzig > z && !greedy_reaches_target) {
+      const Status status =
+          expand_core(items, c, b, w_bar, p_bar, z, have_solution, best, toggled);
+      if (status != kOptimal) return status;
+    }
+    if (!have_solution) return kInternalError;
+    value = z;
+    return emit(items, c, b, z, greedy, best, toggled, taken);
+  }
+
+  // Dembo-Hammer: can item j (outside the core) be fixed at its break-solution value? The LP
+  // bound with x_j flipped is at most p_bar + (c - w_bar) e_b -/+ (p_j - e_b w_j).
+  static bool fixed_by_dembo_hammer(const Item& it, bool right, i64 c, i64 w_bar, i64 p_bar,
+                                    const Item& brk, i64 z) {
+    const i64 sign = right ? 1 : -1;
+    const i128 lhs = i128(p_bar + sign * it.p - z - 1) * brk.w +
+                     i128(c - w_bar - sign * it.w) * brk.p;
+    return lhs < 0;
+  }
+
+  Status expand_core(const std::vector<Item>& items, i64 c, int b, i64 w_bar, i64 p_bar, i64& z,
+                     bool& have_solution, Incumbent& best, std::vector<int>& toggled) {
+    const int m = int(items.size());
+    const Item& brk = items[b];
+    cur_.assign(1, State{w_bar, p_bar, 0});
+    int s = b, t = b - 1;  // the core is s..t
+    int steps = 0;
+    i64 bounded_at = kNoTarget;
+    cardinality_ = CardinalityBound();
+    // every item as efficient as every other (subset-sum data): block pairing pays off there
+    // (elsewhere, measured, it cost more than it found)
+    const bool one_efficiency =
+        i128(items.front().p) * items.back().w == i128(items.back().p) * items.front().w;
+    // the first item from j on (rightwards / leftwards) not fixed by Dembo-Hammer; the items
+    // passed are fixed at their break-solution values for every solution better than z
+    auto free_right = [&](int j) {
+      while (j < m && fixed_by_dembo_hammer(items[j], true, c, w_bar, p_bar, brk, z)) ++j;
+      return j;
+    };
+    auto free_left = [&](int j) {
+      while (j >= 0 && fixed_by_dembo_hammer(items[j], false, c, w_bar, p_bar, brk, z)) --j;
+      return j;
+    };
+    while (true) {
+      bool progressed = false;
+      const int r = free_right(t + 1);
+      t = std::min(r, m - 1);
+      if (r < m) {
+        add_to_core(items, c, t, true, free_right(t + 1), free_left(s - 1), z, have_solution, best,
+                    toggled);
+        progressed = true;
+      }
+      if (!cur_.empty()) {
+        const int l = free_left(s - 1);
+        s = std::max(l, 0);
+        if (l >= 0) {
+          add_to_core(items, c, s, false, free_right(t + 1), free_left(s - 1), z, have_solution,
+                      best, toggled);
+          progressed = true;
+        }
+      }
+      if (cur_.empty() || !progressed) break;
+      if (deadline_->passed()) return kTimeLimit;
+      if (cur_.size() > kMaxStates) return kStateLimit;
+      ++steps;
+      if (cur_.size() > kPairingStates && steps % kPairingPeriod == 0) {
+        pair_outside(items, c, s, t, z, have_solution, best, toggled);
+        if (one_efficiency) pair_block(items, c, s, t, z, have_solution, best, toggled);
+      }
+      if (cur_.size() > kCardinalityStates && bounded_at != z) {
+        bounded_at = z;
+        if (!cardinality_.ready()) cardinality_.prepare(items, c);
+        if (cardinality_.bound(z + 1) <= z) break;  // no solution is worth z + 1
+        if (cur_.size() > kSurrogateStates && depth_ < kSurrogateDepth) {
+          bool proved = false;
+          const Status status = try_surrogate(items, c, z, have_solution, best, proved);
+          if (status != kOptimal) return status;
+          if (proved) break;
+        }
+      }
+    }
+    return kOptimal;
+  }
+
+  // Item j enters the core: every state with it toggled (added on the right, removed on the
+  // left) merged with the states as they are; dominated states and states whose bound cannot
+  // reach z + 1 dropped.
+  void add_to_core(const std::vector<Item>& items, i64 c, int j, bool right, int next_right,
+                   int next_left, i64& z, bool& have_solution, Incumbent& best,
+                   std::vector<int>& toggled) {
+    const int m = int(items.size());
+    const i64 dw = right ? items[j].w : -items[j].w, dp = right ? items[j].p : -items[j].p;
+    const size_t n = cur_.size();
+    // the best new solution: the heaviest state that still fits with the toggle
+    {
+      const i64 room = c - dw;
+      size_t lo = 0, hi = n;  // first state heavier than room
+      while (lo < hi) {
+        const size_t mid = (lo + hi) / 2;
+        if (cur_[mid].w <= room)
+          lo = mid + 1;
+        else
+          hi = mid;
+      }
+      if (lo > 0 && cur_[lo - 1].p + dp > z) {
+        z = cur_[lo - 1].p + dp;
+        have_solution = true;
+        best = Incumbent{true, (cur_[lo - 1].vect << 1) | 1, toggled.size() + 1, {}, {}};
+      }
+    }
+    toggled.push_back(j);
+    // bound of a state: under the capacity + (c - w) e_{t+1}; over it - (w - c) e_{s-1}, with
+    // t + 1 and s - 1 the next items not fixed
+    const bool has_next = next_right < m, has_prev = next_left >= 0;
+    const i64 wr = has_next ? items[next_right].w : 1, pr = has_next ? items[next_right].p : 0;
+    const i64 wl = has_prev ? items[next_left].w : 1, pl = has_prev ? items[next_left].p : 0;
+    const i64 need = z + 1;
+    next_.resize(2 * n);
+    State* out = next_.data();
+    const State* a = cur_.data();
+    size_t i = 0, k = 0;  // a[i] as it is, a[k] toggled
+    i64 last_p = std::numeric_limits<i64>::min();
+    while (i < n || k < n) {
+      State cand;
+      if (k >= n || (i < n && (a[i].w < a[k].w + dw ||
+                               (a[i].w == a[k].w + dw && a[i].p >= a[k].p + dp)))) {
+        cand = State{a[i].w, a[i].p, a[i].vect << 1};
+        ++i;
+      } else {
+        cand = State{a[k].w + dw, a[k].p + dp, (a[k].vect << 1) | 1};
+        ++k;
+      }
+      if (cand.p <= last_p) continue;  // dominated by a lighter (or as heavy) state
+      last_p = cand.p;
+      bool keep;
+      if (cand.w <= c)
+        keep = has_next ? i128(cand.p - need) * wr + i128(c - cand.w) * pr >= 0 : cand.p >= need;
+      else
+        keep = has_prev && i128(cand.p - need) * wl - i128(cand.w - c) * pl >= 0;
+      if (keep) *out++ = cand;
+    }
+    next_.resize(out - next_.data());
+    std::swap(cur_, next_);
+  }
+
+  // State-item pairing: each item outside the core with the heaviest state it leaves room for.
+  void pair_outside(const std::vector<Item>& items, i64 c, int s, int t, i64& z,
+                    bool& have_solution, Incumbent& best, const std::vector<int>& toggled) {
+    const int m = int(items.size());
+    const size_t n = cur_.size();
+    auto heaviest_within = [&](i64 room) -> long {
+      size_t lo = 0, hi = n;
+      while (lo < hi) {
+        const size_t mid = (lo + hi) / 2;
+        if (cur_[mid].w <= room)
+          lo = mid + 1;
+        else
+          hi = mid;
+      }
+      return long(lo) - 1;
+    };
+    for (int j = 0; j < m; ++j) {
+      if (j == s) j = t + 1;  // skip the core
+      if (j >= m) break;
+      const bool add = j > t;
+      const long at = heaviest_within(add ? c - items[j].w : c + items[j].w);
+      if (at < 0) continue;
+      const i64 value = cur_[at].p + (add ? items[j].p : -items[j].p);
+      if (value > z) {
+        z = value;
+        have_solution = true;
+        best = Incumbent{true, cur_[at].vect, toggled.size(), {j}, {}};
+      }
+    }
+  }
+
+  // Surrogate relaxation of the cardinality constraint (combo): with the multiplier lambda of the
+  // Lagrangian bound, every solution worth z + 1 satisfies
+  //   sum (w_j + lambda) x_j <= c + lambda k   (k = k_max for lambda >= 0, k_min for lambda < 0),
+  // a knapsack of its own (on strongly correlated data with lambda = the profit offset, a
+  // subset-sum problem), solved exactly by a nested solver. Its optimum bounds the problem; a
+  // solution of it that also fits c is optimal. proved: z is now optimal.
+  Status try_surrogate(const std::vector<Item>& items, i64 c, i64& z, bool& have_solution,
+                       Incumbent& best, bool& proved) {
+    const int m = int(items.size());
+    const i128 lambda = cardinality_.multiplier();
+    i128 capacity = i128(c) + lambda * cardinality_.cardinality();
+    i64 base = 0;  // items of weight w + lambda < 0 are always in the relaxation's optimum
+    std::vector<i64> w(m), p(m);
+    std::vector<char> forced(m, 0);
+    for (int j = 0; j < m; ++j) {
+      const i128 weight = i128(items[j].w) + lambda;
+      if (weight < 0) {
+        forced[j] = 1;
+        capacity -= weight;
+        base += items[j].p;
+        w[j] = 0;
+        p[j] = 0;  // out of the nested problem
+      } else {
+        if (weight >= kMaxSum) return kOptimal;  // out of exact range: no surrogate
+        w[j] = i64(weight);
+        p[j] = items[j].p;
+      }
+    }
+    if (capacity < 0 || capacity >= kMaxSum) return kOptimal;
+    // a relaxation with p_j = w_j + lambda throughout is a subset-sum problem as hard as this one
+    // (strongly correlated data): its bound is the Lagrangian one, no use solving it
+    bool subset_sum = true;
+    for (int j = 0; j < m && subset_sum; ++j) subset_sum = forced[j] || w[j] == p[j];
+    if (subset_sum) return kOptimal;
+    Solver nested;
+    nested.depth_ = depth_ + 1;
+    std::vector<uint8_t> x(m);
+    const Status status = nested.solve(w.data(), p.data(), m, i64(capacity), x.data(), *deadline_);
+    if (status == kTimeLimit) return kTimeLimit;
+    if (status != kOptimal) return kOptimal;  // no surrogate bound
+    i64 value = base, weight = 0;
+    std::vector<char> take(m, 0);
+    for (int j = 0; j < m; ++j) {
+      if (forced[j] || x[j]) {
+        take[j] = 1;
+        value += items[j].p;
+        weight += items[j].w;
+      }
+    }
+    if (value <= z) {
+      proved = true;
+    } else if (weight <= c) {
+      z = value;
+      have_solution = true;
+      best = Incumbent{false, 0, 0, {}, std::move(take)};
+      proved = true;
+    }
+    return kOptimal;
+  }
+
+  // Block pairing (two lists, as Horowitz and Sahni for subset sum): the states of the items next
+  // to the core (up to kBlockItems, as many states as the core has) combined with the core's
+  // states, each core state with the best block state it leaves room for, in one sweep.
+  void pair_block(const std::vector<Item>& items, i64 c, int s, int t, i64& z, bool& have_solution,
+                  Incumbent& best, const std::vector<int>& toggled) {
+    const int m = int(items.size());
+    block_items_.clear();
+    for (int h = 1; int(block_items_.size()) < kBlockItems && (t + h < m || s - h >= 0); ++h) {
+      if (t + h < m) block_items_.push_back(t + h);
+      if (s - h >= 0 && int(block_items_.size()) < kBlockItems) block_items_.push_back(s - h);
+    }
+    block_.assign(1, State{0, 0, 0});
+    size_t used = 0;  // block items in block_ (bit k: block_items_[k])
+    for (; used < block_items_.size() && block_.size() < cur_.size(); ++used) {
+      const int j = block_items_[used];
+      const bool add = j > t;
+      const i64 dw = add ? items[j].w : -items[j].w, dp = add ? items[j].p : -items[j].p;
+      const size_t n = block_.size();
+      block_next_.clear();
+      size_t i = 0, k = 0;
+      i64 last_p = std::numeric_limits<i64>::min();
+      while (i < n || k < n) {
+        State cand;
+        const State& a = block_[i < n ? i : 0];
+        const State& b = block_[k < n ? k : 0];
+        if (k >= n || (i < n && (a.w < b.w + dw || (a.w == b.w + dw && a.p >= b.p + dp)))) {
+          cand = a;
+          ++i;
+        } else {
+          cand = State{b.w + dw, b.p + dp, b.vect | (u64(1) << used)};
+          ++k;
+        }
+        if (cand.p <= last_p) continue;
+        last_p = cand.p;
+        block_next_.push_back(cand);
+      }
+      std::swap(block_, block_next_);
+    }
+    // sweep: core states by rising weight, block states by falling weight
+    long at = long(block_.size()) - 1;
+    i64 best_value = z;
+    long best_state = -1, best_block = -1;
+    for (size_t i = 0; i < cur_.size(); ++i) {
+      while (at >= 0 && cur_[i].w + block_[at].w > c) --at;
+      if (at < 0) break;
+      const i64 value = cur_[i].p + block_[at].p;
+      if (value > best_value) {
+        best_value = value;
+        best_state = long(i);
+        best_block = at;
+      }
+    }
+    if (best_state < 0) return;
+    z = best_value;
+    have_solution = true;
+    best = Incumbent{true, cur_[best_state].vect, toggled.size(), {}, {}};
+    for (size_t k = 0; k < used; ++k)
+      if ((block_[best_block].vect >> k) & 1) best.extra.push_back(block_items_[k]);
+  }
+
+  // The solution of the incumbent, into `taken`; decisions older than the 64 a state keeps are
+  // recovered by solving the knapsack of their items with the value they must reach.
+  Status emit(const std::vector<Item>& items, i64 c, int b, i64 z, const std::vector<char>& greedy,
+              const Incumbent& best, const std::vector<int>& toggled,
+              std::vector<int32_t>& taken) {
+    const int m = int(items.size());
+    std::vector<char> take(m, 0);
+    std::vector<char> unknown(m, 0);
+    if (!best.from_state) {
+      take = best.full.empty() ? greedy : best.full;
+    } else {
+      for (int j = 0; j < b; ++j) take[j] = 1;
+      for (int j : best.extra) take[j] ^= 1;
+      const size_t known = std::min<size_t>(best.decisions, kVectorBits);
+      for (size_t k = 0; k < known; ++k)
+        if ((best.vect >> k) & 1) take[toggled[best.decisions - 1 - k]] ^= 1;
+      for (size_t k = 0; k + known < best.decisions; ++k) unknown[toggled[k]] = 1;
+    }
+    i64 weight = 0, profit = 0;
+    std::vector<Item> rest;
+    for (int j = 0; j < m; ++j) {
+      if (unknown[j]) {
+        rest.push_back(items[j]);
+      } else if (take[j]) {
+        weight += items[j].w;
+        profit += items[j].p;
+        taken.push_back(items[j].index);
+      }
+    }
+    if (!rest.empty()) {
+      std::vector<int32_t> sub;
+      i64 sub_value = 0;
+      const Status status = solve_level(std::move(rest), c - weight, z - profit, sub, sub_value);
+      if (status != kOptimal) return status;
+      for (int32_t index : sub) taken.push_back(index);
+      profit += sub_value;  // the sub-level checked its weight against c - weight
+    }
+    if (weight > c || profit != z) return kInternalError;
+    return kOptimal;
+  }
+
+  const Deadline* deadline_ = nullptr;
+  int depth_ = 0;  // surrogate problems this solver is nested in
+  std::vector<State> cur_, next_, block_, block_next_;
+  std::vector<int> block_items_;
+  CardinalityBound cardinality_;
+};
+
+}  // namespace knapsack
+}  // namespace ldf_ip

@@ -1,0 +1,191 @@
+"""The C++ exact knapsack solver (csrc/knapsack.h through ldf_ip::knapsack_exact, knapsack_ldf's
+"combo" labels) against enumeration, a dynamic program over the capacity and the numpy core
+algorithm, on every one of Pisinger's classes; its time limit, input checks, batching, fallback
+and benchmark."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import knapsack_ldf as ks
+from csrc import knapsack as exact
+
+N_LARGE = 500
+RANGES = (10**3, 10**4, 10**5, 10**6, 10**7)
+DP_CAPACITY = 300_000  # a dynamic program over the capacity up to this is cheap in numpy
+
+pytestmark = pytest.mark.skipif(
+    not exact.available(), reason="the C++ knapsack op cannot be built here"
+)
+
+
+def brute_force_value(w, v, capacity):
+    bits = np.array(list(itertools.product([0, 1], repeat=len(w))), dtype=np.int64)
+    weight, value = bits @ w.astype(np.int64), bits @ v.astype(np.int64)
+    return value[weight <= capacity].max()
+
+
+def dp_value(w, v, capacity):
+    """Optimal value by dynamic programming over the capacity (integer weights)."""
+    best = np.zeros(int(np.floor(capacity)) + 1)
+    for wi, vi in zip(w.astype(np.int64), v, strict=True):
+        if wi < len(best):
+            best[wi:] = np.maximum(best[wi:], best[: len(best) - wi] + vi)
+    return best[-1]
+
+
+def ranges_of(distribution):
+    if distribution == "similar-weights":
+        return RANGES[:1]  # R unused
+    return [r for r in RANGES if r >= ks.MIN_RANGE.get(distribution, 0)]
+
+
+@pytest.mark.parametrize("distribution", ks.DISTRIBUTIONS)
+def test_equals_brute_force_on_every_class(distribution):
+    """n = 1..12 at a small and a large range; alpha sweeps (0, 1)."""
+    for range_ in (max(20, ks.MIN_RANGE.get(distribution, 0)), 10**6):
+        for n_items in (1, 2, 7, 12):
+            w, v, capacity = ks.make_instances(n_items, 12, 11 + n_items, range_, distribution)
+            x, status, _ = exact.solve_batch(w, v, capacity)
+            assert (status == exact.OPTIMAL).all()
+            for i in range(len(w)):
+                assert x[i] @ w[i] <= capacity[i]
+                assert x[i] @ v[i] == brute_force_value(w[i], v[i], capacity[i]), (range_, i)
+
+
+@pytest.mark.parametrize("distribution", ks.DISTRIBUTIONS)
+def test_equals_dynamic_programming_over_the_capacity_at_n_500(distribution):
+    """Every R: the class's items at n = 500, with capacities small enough for the DP (alpha
+    spread over (0, 1) at R = 10^3; from R = 10^4 on, capacities up to DP_CAPACITY)."""
+    for range_ in ranges_of(distribution):
+        w, v, capacity = ks.make_instances(N_LARGE, 4, 3, range_, distribution)
+        if distribution == "similar-weights":  # weights of 10^5: keep a few items' worth
+            capacity = np.array([3.5, 7.2, 20.0, 40.9]) * ks.SIMILAR_WEIGHT_LOW
+        elif range_ > 10**3:
+            capacity = np.minimum(capacity, DP_CAPACITY * np.array([0.2, 0.5, 0.8, 1.0]))
+        if distribution == "similar-weights":
+            capacity = capacity / 10  # the DP goes to 4e6 at most
+            w = w - ks.SIMILAR_WEIGHT_LOW + ks.SIMILAR_WEIGHT_LOW // 10
+        x, status, _ = exact.solve_batch(w, v, capacity)
+        assert (status == exact.OPTIMAL).all()
+        for i in range(len(w)):
+            assert x[i] @ w[i] <= capacity[i]
+            assert x[i] @ v[i] == dp_value(w[i], v[i], capacity[i]), (range_, i)
+
+
+@pytest.mark.parametrize("distribution", ks.DISTRIBUTIONS)
+def test_equals_solve_core_at_n_500_for_every_range(distribution):
+    """R = 10^3 .. 10^7, alpha spread over (0, 1): the optimal values of solve_core."""
+    for range_ in ranges_of(distribution):
+        w, v, capacity = ks.make_instances(N_LARGE, 3, 5, range_, distribution)
+        x, status, _ = exact.solve_batch(w, v, capacity, 60.0)
+        assert (status == exact.OPTIMAL).all()
+        for i in range(len(w)):
+            theirs = ks.solve_core(w[i], v[i], capacity[i], 60.0)
+            assert x[i] @ w[i] <= capacity[i]
+            assert x[i] @ v[i] == theirs @ v[i], (range_, i)
+
+
+@pytest.mark.parametrize(
+    "distribution", ["spanner-weakly-correlated", "spanner-strongly-correlated"]
+)
+def test_solutions_older_than_a_states_64_decisions_are_recovered(distribution):
+    """On these instances (checked with a counter in the C++) the best state depends on core
+    decisions older than the 64 it keeps: its solution comes from a nested knapsack of their
+    items, whose optimum is known. The solution must still reach solve_core's value."""
+    w, v, capacity = ks.make_instances(N_LARGE, 5, 5, 10**6, distribution)
+    x, status, _ = exact.solve_batch(w, v, capacity)
+    assert (status == exact.OPTIMAL).all()
+    for i in range(len(w)):
+        assert x[i] @ w[i] <= capacity[i]
+        assert x[i] @ v[i] == ks.solve_core(w[i], v[i], capacity[i]) @ v[i]
+
+
+def test_batch_in_parallel_equals_one_at_a_time():
+    w, v, capacity = ks.make_instances(200, 16, 1, 10**5, "almost-strongly-correlated")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        x, status, seconds = exact.solve_batch(w, v, capacity)
+    finally:
+        torch.set_num_threads(threads)
+    assert (status == exact.OPTIMAL).all() and (seconds > 0).all()
+    for i in range(len(w)):
+        assert x[i] @ v[i] == exact.solve(w[i], v[i], capacity[i]) @ v[i]
+
+
+def test_is_the_default_label_solver_on_every_class():
+    for distribution in ks.DISTRIBUTIONS:
+        assert ks.default_solver(distribution) == "combo"
+    assert ks.SOLVE["combo"] is ks.solve_combo
+    assert ks.parse_args(["--solver", "ortools"]).solver == "ortools"  # still an option
+
+
+def test_a_label_not_proven_in_time_is_the_usual_error(tmp_path):
+    w, v, capacity = ks.make_instances(500, 4, 0, 10**6, "almost-strongly-correlated")
+    with pytest.raises(ks.LabelTimeout, match="did not prove optimality within 1e-09 s"):
+        ks.solve_combo(w[2], v[2], capacity[2], 1e-9)
+    _, status, _ = exact.solve_batch(w, v, capacity, 1e-9)
+    assert (status == exact.TIME_LIMIT).all()
+    with pytest.raises(SystemExit, match=r"instance \d+ \(alpha = .*--time-limit.*--solver"):
+        ks.make_labels(w, v, capacity, tmp_path / "labels", "combo", 1, time_limit=1e-9)
+
+
+def test_edge_cases_and_bad_input():
+    w, v = np.array([5.0, 6.0, 7.0]), np.array([1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(exact.solve(w, v, 4.9), [0, 0, 0])  # nothing fits
+    np.testing.assert_array_equal(exact.solve(w, v, 18.0), [1, 1, 1])  # everything fits
+    np.testing.assert_array_equal(exact.solve(w, v, 7.5), [0, 0, 1])
+    np.testing.assert_array_equal(exact.solve(w, v, -3.0), [0, 0, 0])
+    np.testing.assert_array_equal(exact.solve(w, v, 1e30), [1, 1, 1])
+    # a free item is taken, an item of value <= 0 never is
+    np.testing.assert_array_equal(exact.solve([0, 4, 3], [2, -1, 0], 10), [1, 0, 0])
+    np.testing.assert_array_equal(exact.solve(np.zeros(0), np.zeros(0), 5.0), np.zeros(0))
+    with pytest.raises(ValueError, match="integer"):
+        exact.solve(w + 0.5, v, 10.0)
+    with pytest.raises(ValueError, match="weights >= 0"):
+        exact.solve([-1, 2], [1, 1], 5)
+    with pytest.raises(ValueError, match="too large"):
+        exact.solve([2**61, 2**61, 2**61], [1, 1, 1], 2**62)
+    big = 2**40  # exact where a float64 product would not be: values near 2^50
+    w = np.array([big + 1, big + 3, big + 7, 2 * big + 1], dtype=np.int64)
+    v = np.array([big * 512 + 5, big * 512 + 17, big * 512 + 40, big * 1024 + 1], dtype=np.int64)
+    x = exact.solve(w, v, 2 * big + 4)
+    assert int(x @ v) == max(
+        int(v[i] + v[j])
+        for i, j in itertools.combinations(range(3), 2)
+        if w[i] + w[j] <= 2 * big + 4
+    )
+
+
+def test_falls_back_to_solve_core_where_the_op_cannot_be_built(monkeypatch):
+    w, v, capacity = ks.make_instances(30, 2, 0, 1000, "strongly-correlated")
+    called = []
+    monkeypatch.setattr(exact, "available", lambda: False)
+    original = ks.solve_core
+    monkeypatch.setattr(ks, "solve_core", lambda *args: called.append(True) or original(*args))
+    x = ks.solve_combo(w[0], v[0], capacity[0])
+    assert called and x @ v[0] == exact.solve(w[0], v[0], capacity[0]) @ v[0]
+
+
+def test_the_op_passes_opcheck():
+    """Schema and fake kernel (the AOT-dispatch checks compare outputs of two runs, and the
+    seconds each instance took differ from run to run)."""
+    w = torch.tensor([[3, 4, 5, 9], [2, 2, 3, 1]])
+    v = torch.tensor([[4, 5, 6, 10], [3, 1, 4, 2]])
+    capacity = torch.tensor([8, 4])
+    utils = ("test_schema", "test_faketensor")
+    op = torch.ops.ldf_ip.knapsack_exact.default
+    torch.library.opcheck(op, (w, v, capacity, 0.0), test_utils=utils)
+
+
+def test_benchmark_runs_quick(capsys):
+    from bench import knapsack_exact
+
+    flags = ["--quick", "--classes", "uncorrelated", "strongly-correlated", "--time-limit", "1"]
+    knapsack_exact.main(flags + ["--solvers", "combo", "core", "ortools"])
+    out = capsys.readouterr().out
+    assert "| uncorrelated | 10^3 | " in out and "| strongly-correlated | 10^5 | " in out
+    assert "combo (C++) ms | solved | solve_core ms" in out and "load average" in out

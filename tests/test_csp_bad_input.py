@@ -403,7 +403,11 @@ def test_a_corrupt_compressed_tsf_names_the_file(tmp_path):
         (["--pool", "5000"], "--pool 5000: wider than the series"),
         (["--kernels", "2000,900,3"], "--kernels (2000, 900, 3): wider than the series"),
         (["--head", "8"], "--head: expected two widths"),
-        (["--pretrained", "missing.pt"], "--pretrained: no such file missing.pt"),
+        (
+            ["--pretrained", "missing.pt"],
+            "no such file missing.pt; make the FC network first: python csp_ldf.py --model fc "
+            "--save missing.pt",
+        ),
         (["--mode", "evaluate", "--checkpoints", "fc=missing.pt"], "no such file missing.pt"),
     ],
 )

@@ -471,19 +471,11 @@ class Solver {
     const size_t n = cur_.size();
     // the best new solution: the heaviest state that still fits with the toggle
     {
-      const i64 room = c - dw;
-      size_t lo = 0, hi = n;  // first state heavier than room
-      while (lo < hi) {
-        const size_t mid = (lo + hi) / 2;
-        if (cur_[mid].w <= room)
-          lo = mid + 1;
-        else
-          hi = mid;
-      }
-      if (lo > 0 && cur_[lo - 1].p + dp > z) {
-        z = cur_[lo - 1].p + dp;
+      const long h = heaviest_within(c - dw);
+      if (h >= 0 && cur_[h].p + dp > z) {
+        z = cur_[h].p + dp;
         have_solution = true;
-        best = Incumbent{true, (cur_[lo - 1].vect << 1) | 1, toggled.size() + 1, {}, {}};
+        best = Incumbent{true, (cur_[h].vect << 1) | 1, toggled.size() + 1, {}, {}};
       }
     }
     toggled.push_back(j);
@@ -521,22 +513,23 @@ class Solver {
     std::swap(cur_, next_);
   }
 
+  // The heaviest state of weight <= room (states are sorted by weight), or -1 if none is.
+  long heaviest_within(i64 room) const {
+    size_t lo = 0, hi = cur_.size();  // the first state heavier than room
+    while (lo < hi) {
+      const size_t mid = (lo + hi) / 2;
+      if (cur_[mid].w <= room)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    return long(lo) - 1;
+  }
+
   // State-item pairing: each item outside the core with the heaviest state it leaves room for.
   void pair_outside(const std::vector<Item>& items, i64 c, int s, int t, i64& z,
                     bool& have_solution, Incumbent& best, const std::vector<int>& toggled) {
     const int m = int(items.size());
-    const size_t n = cur_.size();
-    auto heaviest_within = [&](i64 room) -> long {
-      size_t lo = 0, hi = n;
-      while (lo < hi) {
-        const size_t mid = (lo + hi) / 2;
-        if (cur_[mid].w <= room)
-          lo = mid + 1;
-        else
-          hi = mid;
-      }
-      return long(lo) - 1;
-    };
     for (int j = 0; j < m; ++j) {
       if (j == s) j = t + 1;  // skip the core
       if (j >= m) break;

@@ -872,6 +872,23 @@ MODEL_REUSES = 100
 RESTRICTIONS = ("reduced-cost", "pays")  # "pays": the path before, kept for bench/csp_labels.py
 
 
+OPTIMAL_GAP = 1e-4  # a label is "optimal" only where its proven relative gap is below this
+
+
+def label_status(proven, gap):
+    """A label's status from its proven relative gap: "optimal" below OPTIMAL_GAP, "within_gap"
+    within the requested `gap` (the thesis' 1 %), else "time limit"."""
+    if proven < OPTIMAL_GAP:
+        return "optimal"
+    return "within_gap" if proven <= gap else "time limit"
+
+
+def stored_status(status, proven):
+    """The status of a label stored before the "within_gap" status: "optimal" there meant within
+    the requested gap."""
+    return "within_gap" if status == "optimal" and proven >= OPTIMAL_GAP else str(status)
+
+
 def solve_highs(
     mip, price, gap=0.01, time_limit=600.0, threads=1, start=None, seed=0, restrict="reduced-cost"
 ):
@@ -980,7 +997,7 @@ def _solve_highs(mip, price, gap, time_limit, threads, start, seed, restrict):
     recurring_start, oneoff_start, battery_state = decision_form(mip, best_x, battery_state)
     return dict(
         solver="highs",
-        status="optimal" if proven <= gap else "time limit",
+        status=label_status(proven, gap),
         objective=best_objective,
         bound=bound,
         gap=proven,
@@ -1026,7 +1043,7 @@ def solve_gurobi(mip, price, gap=0.01, time_limit=600.0, threads=1, seed=0, **_)
         recurring_start, oneoff_start, battery_state = decision_form(mip, x.X, battery_state)
         return dict(
             solver="gurobi",
-            status="optimal" if g.Status == 2 else "time limit",
+            status=label_status(g.MIPGap, gap),
             objective=g.ObjVal,
             gap=g.MIPGap,
             bound=g.ObjBound,
@@ -1121,7 +1138,7 @@ LABEL_FILE_KEYS = ("price", *LABEL_KEYS, "index", "fixed_cost")  # what every la
 INSTANCE_ARRAYS = ("rooms", "large", "load", "dur", "value", "penalty", "cap", "m", "eff")
 INSTANCE_NUMBERS = ("n_rec", "n_oneoff", "n_small", "n_large", "days", "first_weekday")
 CONFIG_KEYS = ("instance", "seed", "block", "fingerprint")  # config.json; the rest: solver settings
-_WORKER = {}  # per solver process: fingerprint -> (MIP, STL parts) of the label set it works on
+_WORKER = {}  # per solver process: fingerprint -> the MIP of the label set it works on
 # how a label is solved (_solve_highs), part of every label set's fingerprint
 LABEL_METHOD = (
     f"LP bound; MIP on the LP support, the warm start and the {CANDIDATE_COLUMNS} starts of lowest "
@@ -1219,15 +1236,16 @@ def read_label_config(folder):
 
 def label_scenario(cfg, i):
     """Label scenario i of the label set `cfg`, warm-started from its reference label -> (i, price,
-    label). Runs in a Dask worker process (or in this one); the MIP and the STL parts are built once
-    per process and label set, and reused for every scenario."""
+    label); the scenario from the set's STL parts (cfg["parts"]). Runs in a Dask worker process (or
+    in this one); the MIP is built once per process and label set, and reused for every
+    scenario."""
     cached = _WORKER.get(cfg["fingerprint"])
     if cached is None:
         _WORKER.clear()
-        cached = (build_mip(cfg["inst"], cfg["base"], cfg["solar"]), stl_parts(cfg["price"]))
+        cached = build_mip(cfg["inst"], cfg["base"], cfg["solar"])
         _WORKER[cfg["fingerprint"]] = cached
-    mip, parts = cached
-    price, _ = price_scenario(parts, cfg["block"], cfg["seed"], i)
+    mip = cached
+    price, _ = price_scenario(cfg["parts"], cfg["block"], cfg["seed"], i)
     label = solve(mip, price, start=cfg["reference"], **cfg["solve"])
     return i, price, label
 
@@ -1275,6 +1293,7 @@ def generate_labels(
     dataset=None,
     cluster=None,
     loads="forecast",
+    raw_files=None,
     **solve_kw,
 ):
     """Label this shard's scenarios of 0..n-1 that neither `dataset` nor `out` holds yet into
@@ -1282,6 +1301,7 @@ def generate_labels(
     so that a label does not depend on interruptions; with `dataset`, every complete block of
     SHARD_SCENARIOS scenarios is packed into a shard there (pack_shards). Workers: this process
     (workers=1, no cluster) or Dask (solve_on_dask). Returns the summary (also summary.json).
+    raw_files: {name: SHA-256} of the raw data files, recorded in a new dataset's manifest.
 
     The folder's config.json and every label carry the fingerprint of the inputs and settings
     (label_fingerprint): a folder made from others is refused. A second run on the folder waits
@@ -1304,8 +1324,10 @@ def generate_labels(
             provenance = dict(index=-1, seed=seed, block=block, fingerprint=fingerprint)
             provenance["fixed_cost"] = fixed_cost(price, base, solar)
             save_label(reference, label, price, inst, base, solar, **provenance)
+        parts = dataset_parts(dataset, packed, price) if packed else stl_parts(price)
         cfg = dict(inst=inst, base=base, solar=solar, price=price, out=out, solve=solve_kw)
         cfg.update(config, fingerprint=fingerprint, reference=load_label(reference), loads=loads)
+        cfg.update(parts=parts, raw_files=raw_files)
         done = set(packed_indices(packed))
         shard_index, n_shards = shard
         todo = [
@@ -1448,14 +1470,21 @@ def summary_text(summary):
 
 # ---------------------------------------------------------------- the label dataset
 # Labels kept in the repository: per label set, a folder datasets/csp/<name> (the name of its
-# label folder) with manifest.json, reference.npz and shard_#####.npz, each shard the scenarios
-# [SHARD_SCENARIOS k, SHARD_SCENARIOS (k + 1)) compressed. Price scenarios are not stored: they are
-# rebuilt from the seed and checked against the hash each label keeps.
+# label folder) with manifest.json, reference.npz, stl.npz and shard_#####.npz, each shard the
+# scenarios [SHARD_SCENARIOS k, SHARD_SCENARIOS (k + 1)) compressed. Price scenarios are not
+# stored: they are rebuilt by numpy indexing from the real series' STL parts (stl.npz, stored once
+# so that no statsmodels version changes them) and the seed, and checked against each label's hash.
+# The manifest records where the labels come from: the code commit, the library versions, the raw
+# data files' SHA-256 and the date, for the dataset (created) and for each shard (made).
 DATASET_FOLDER = "datasets/csp"
 SHARD_SCENARIOS = 250
 SHARD_MAX_BYTES = 2 * 1024 * 1024
-PRICE_HASH_DECIMALS = 4  # the rebuilt series is hashed to 1e-4 $/MWh (STL's rounding may differ)
-MANIFEST_FORMAT = 1
+PRICE_HASH_DECIMALS = 4  # the rebuilt series is hashed to 1e-4 $/MWh
+MANIFEST_FORMAT = 2  # 2: stl.npz, provenance, "within_gap"; 1 loads too (--mode upgrade-dataset)
+STL_FILE = "stl.npz"
+STL_KEYS = ("trend", "seasonal", "residual")
+STL_TOLERANCE = 1e-6  # $/MWh: the stored parts must add up to the real price series
+LIBRARIES = ("numpy", "scipy", "statsmodels", "highspy", "torch")
 SHARD_ARRAYS = dict(index=np.int32, recurring_start=np.int16, oneoff_start=np.int16)
 SHARD_ARRAYS["battery_state"] = np.int8
 DOLLAR_DECIMALS = 4  # the manifest's numbers, rounded so that 10,000 labels stay near 1 MB
@@ -1472,6 +1501,52 @@ MANIFEST_LABEL_KEYS = (
     "status",
     "price_hash",
 )
+
+
+def code_commit():
+    """The git commit of this checkout ("+dirty" with uncommitted changes to tracked files), or
+    "unknown" outside a git checkout."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True
+        )
+        changed = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return "unknown"
+    if commit.returncode != 0:
+        return "unknown"
+    return commit.stdout.strip() + ("+dirty" if changed.stdout.strip() else "")
+
+
+def provenance():
+    """Where new labels come from: the date (UTC), the code commit, Python's and the libraries'
+    versions."""
+    from importlib import metadata
+
+    versions = {"python": sys.version.split()[0]}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    return dict(date=now.isoformat(), commit=code_commit(), versions=versions)
+
+
+def raw_file_hashes(data_dir, paths):
+    """{path relative to the data folder: SHA-256} of the raw data files labels are made from."""
+    hashes = {}
+    for path in paths:
+        name = Path(path).resolve().relative_to(Path(data_dir).resolve()).as_posix()
+        hashes[name] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return hashes
 
 
 def fixed_cost(price, base, solar):
@@ -1499,7 +1574,7 @@ def label_row(label):
         gap_controllable=float(f"{controllable_gap:.{RATIO_DIGITS}g}"),
         fixed_cost=round(fixed, DOLLAR_DECIMALS),
         seconds=round(float(label["seconds"]), SECONDS_DECIMALS),
-        status=str(label["status"]),
+        status=stored_status(label["status"], label["gap"]),
         price_hash=price_hash(label["price"]),
     )
     row["solver"] = str(label["solver"])
@@ -1557,6 +1632,41 @@ def _checked_file(folder, entry):
     return data
 
 
+def stl_file_bytes(parts):
+    """The STL parts (trend, seasonal, residual) as the bytes of a compressed .npz."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **dict(zip(STL_KEYS, parts, strict=True)))
+    return buffer.getvalue()
+
+
+def dataset_parts(dataset, manifest, price):
+    """The STL parts the dataset's scenarios are rebuilt from: its stl.npz (checked against the
+    manifest's SHA-256 and against the real price series they decompose), or, for a format-1
+    dataset that has none, STL run again (with a warning)."""
+    if "stl" not in manifest:
+        print(
+            f"warning: {Path(dataset) / 'manifest.json'} is format 1 (no stored STL parts): its "
+            "scenarios are rebuilt by running STL again; store the parts with "
+            "python csp_ldf.py --mode upgrade-dataset",
+            file=sys.stderr,
+        )
+        return stl_parts(price)
+    path = Path(dataset) / manifest["stl"]["file"]
+    with np.load(io.BytesIO(_checked_file(Path(dataset), manifest["stl"]))) as z:
+        missing = [key for key in STL_KEYS if key not in z.files]
+        if missing:
+            raise SystemExit(f"{path}: no {', '.join(missing)} array; restore it with git checkout")
+        parts = tuple(z[key] for key in STL_KEYS)
+    if parts[0].shape != np.shape(price) or not np.allclose(
+        sum(parts), price, rtol=0, atol=STL_TOLERANCE
+    ):
+        raise SystemExit(
+            f"{path}: these STL parts do not add up to this run's price series; restore the file "
+            "with git checkout, or pass the --data-dir the dataset was made from"
+        )
+    return parts
+
+
 def _shard_complete(cfg, dataset, i, n):
     """Whether scenario i's shard (within 0..n-1) now has every label in the label folder."""
     first = i - i % SHARD_SCENARIOS
@@ -1596,9 +1706,14 @@ def _new_manifest(cfg, dataset):
     np.savez_compressed(buffer, **reference)
     data = buffer.getvalue()
     atomic_write_bytes(dataset / "reference.npz", data)
+    stl = stl_file_bytes(cfg["parts"])
+    atomic_write_bytes(dataset / STL_FILE, stl)
     version = highspy.Highs().version()
     return dict(
         format=MANIFEST_FORMAT,
+        created=provenance(),
+        raw_files=cfg.get("raw_files"),
+        stl=dict(file=STL_FILE, sha256=hashlib.sha256(stl).hexdigest()),
         instance=cfg["instance"],
         loads=cfg["loads"],
         seed=cfg["seed"],
@@ -1637,8 +1752,59 @@ def _write_shard(dataset, first, labels):
         first=first,
         count=len(labels),
         bytes=len(data),
+        made=provenance(),
         labels=columns,
     )
+
+
+def upgrade_dataset(dataset, fingerprint, price, raw_files):
+    """Convert a format-1 dataset to the current format, in place: store the STL parts that
+    rebuild every labelled scenario (each checked against its label's hash first: a statsmodels
+    that computes other parts is refused and nothing is written), mark as "within_gap" the labels
+    whose proven gap is not below OPTIMAL_GAP, and record the conversion's provenance and the raw
+    files' SHA-256. Shards and labels are not changed. Returns the number of labels checked."""
+    dataset = Path(dataset)
+    path = dataset / "manifest.json"
+    with common.folder_lock(dataset, "this label dataset"):
+        manifest = read_manifest(dataset, fingerprint)
+        if not manifest:
+            raise SystemExit(f"{path}: no such manifest (nothing to upgrade)")
+        if manifest.get("format", 1) >= MANIFEST_FORMAT:
+            print(f"{path}: already format {manifest['format']}")
+            return 0
+        parts = stl_parts(price)
+        checked = 0
+        for entry in manifest["shards"]:
+            for row in _manifest_rows(entry):
+                scenario, _ = price_scenario(
+                    parts, manifest["block"], manifest["seed"], row["index"]
+                )
+                if price_hash(scenario) != row["price_hash"]:
+                    raise SystemExit(
+                        f"{dataset / entry['file']}: scenario {row['index']}'s price series, "
+                        "rebuilt with this statsmodels, differs from the one it was labelled with: "
+                        f"upgrade with the versions it was made with ({manifest['solver_version']}"
+                        ", statsmodels and numpy of that time); nothing was changed"
+                    )
+                checked += 1
+            labels = entry["labels"]
+            labels["status"] = [
+                stored_status(status, gap)
+                for status, gap in zip(labels["status"], labels["gap"], strict=True)
+            ]
+        stl = stl_file_bytes(parts)
+        atomic_write_bytes(dataset / STL_FILE, stl)
+        shards = manifest.pop("shards")  # (kept last in the file, for the eye)
+        manifest.update(
+            format=MANIFEST_FORMAT,
+            created=None,  # format 1 did not record it
+            converted=provenance(),
+            raw_files=raw_files,
+            stl=dict(file=STL_FILE, sha256=hashlib.sha256(stl).hexdigest()),
+            shards=shards,
+        )
+        atomic_write_json(path, manifest)
+    return checked
 
 
 def read_dataset(dataset, fingerprint, price, limit=None):
@@ -1651,7 +1817,7 @@ def read_dataset(dataset, fingerprint, price, limit=None):
         return [], None
     with np.load(io.BytesIO(_checked_file(dataset, manifest["reference"]))) as z:
         reference = {key: z[key].item() if z[key].ndim == 0 else z[key] for key in z.files}
-    parts = stl_parts(price)
+    parts = dataset_parts(dataset, manifest, price)
     labels = []
     for entry in manifest["shards"]:
         path = dataset / entry["file"]
@@ -1665,11 +1831,13 @@ def read_dataset(dataset, fingerprint, price, limit=None):
             if price_hash(scenario) != row["price_hash"]:
                 raise SystemExit(
                     f"{path}: scenario {i}'s price series, rebuilt from seed {manifest['seed']}, "
-                    "differs from the one it was labelled with (its hash): this statsmodels / "
-                    "numpy computes other scenarios; use the versions of requirements.txt"
+                    "differs from the one it was labelled with (its hash): this numpy (or, "
+                    "for a format-1 dataset, statsmodels) computes other scenarios; use the "
+                    "versions in the manifest"
                 )
             label = {key: arrays[key][k] for key in SHARD_ARRAYS}
             label.update(row, price=scenario, solver=manifest["solver"])
+            label["status"] = stored_status(row["status"], row["gap"])
             labels.append(label)
     return labels, reference
 
@@ -3037,21 +3205,21 @@ NETWORK_OPTIONS = (
 )
 
 
-MODES = ("train", "evaluate", "labels", "validate", "figure2")
+MODES = ("train", "evaluate", "labels", "validate", "figure2", "upgrade-dataset")
 SOLVING = ("labels", "validate")
 READING_LABELS = ("train", "evaluate")
-WITH_INSTANCE = ("train", "evaluate", "labels", "validate")
+WITH_INSTANCE = ("train", "evaluate", "labels", "validate", "upgrade-dataset")
 # the modes in which each option does something (an option not listed: every mode); another
 # mode given it is an error, not an option silently ignored
 OPTION_MODES = {
     **{name.replace("-", "_"): ("train",) for name, *_ in NETWORK_OPTIONS},
     "instance": WITH_INSTANCE,
     "loads": WITH_INSTANCE,
-    "block": (*READING_LABELS, "labels", "figure2"),
-    "seed": (*READING_LABELS, "labels", "figure2"),
+    "block": (*READING_LABELS, "labels", "figure2", "upgrade-dataset"),
+    "seed": (*READING_LABELS, "labels", "figure2", "upgrade-dataset"),
     "max_labels": READING_LABELS,
     "out": (*READING_LABELS, "labels"),
-    "dataset": (*READING_LABELS, "labels"),
+    "dataset": (*READING_LABELS, "labels", "upgrade-dataset"),
     "cluster": ("labels",),
     "instances": ("labels",),
     "workers": ("labels",),
@@ -3088,7 +3256,11 @@ def parse_args(argv=None):
         epilog=EPILOG,
     )
     p.add_argument(
-        "--mode", choices=["train", "evaluate", "labels", "validate", "figure2"], default="train"
+        "--mode",
+        choices=MODES,
+        default="train",
+        help="train (default), evaluate, labels, validate (the MIP on the real prices), figure2,\n"
+        "upgrade-dataset (store a format-1 dataset's STL parts and provenance)",
     )
     d = p.add_argument_group("data (thesis 4.1-4.2)")
     d.add_argument(
@@ -3320,6 +3492,8 @@ def run_mode(args):
         raise SystemExit(f"--instance {args.instance}: no {instance_path} (there: {names})")
     inst = read_instance(instance_path)
     base, solar = read_loads(data, args.loads)
+    loads_file = data_file(data, FORECAST_FILE if args.loads == "forecast" else ACTUAL_FILE)
+    raw_files = raw_file_hashes(data, [instance_path, data_file(data, PRICE_FILE), loads_file])
     solve_kw = dict(
         solver=args.solver, gap=args.gap, time_limit=args.time_limit, threads=args.threads
     )
@@ -3343,6 +3517,12 @@ def run_mode(args):
         atomic_write_bytes(out / "tables.md", tables.encode())
         table10_figure(results, baselines, out / "table10.png")
         print(tables)
+    elif args.mode == "upgrade-dataset":
+        settings = read_manifest(dataset).get("solve", solve_kw)
+        fingerprint = label_fingerprint(inst, base, solar, price, args.seed, args.block, settings)
+        checked = upgrade_dataset(dataset, fingerprint, price, raw_files)
+        if checked:
+            print(f"{dataset}: format {MANIFEST_FORMAT}, {checked} scenarios checked")
     elif args.mode == "validate":  # the MIP on the real prices, against the thesis on small_0
         label = solve(build_mip(inst, base, solar), price, **solve_kw)
         print(
@@ -3365,6 +3545,7 @@ def run_mode(args):
             dataset=dataset,
             cluster=args.cluster,
             loads=args.loads,
+            raw_files=raw_files,
             **solve_kw,
         )
         print(summary_text(summary))

@@ -38,7 +38,7 @@ def improved_starts(ds, rows, checkpoint, space, costs):
         greedy = [C.price_greedy(space, cost, fallback)[0] for cost in costs]
         schedules = [C.ClassSchedule(space, chosen).decisions() for chosen in greedy]
         recurring, oneoff = (np.array(part) for part in zip(*schedules, strict=True))
-    return C.improved_classes(space, costs, recurring, oneoff)
+    return C.improved_classes(space, costs, recurring, oneoff)[:2]
 
 
 def main():

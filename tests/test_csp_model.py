@@ -142,6 +142,10 @@ def test_tiny_fc_then_ldf_end_to_end(ds, tmp_path, capsys, monkeypatch):
     assert ck["config"]["model"] == "fc" and ck["config"]["head"] == (8, 8) and "mean" in ck["norm"]
     steps = 2 * len(range(0, len(ds["split"]["train"]) - 1, 4))  # 2 epochs, batch 4
     assert r["fc"]["repaired"]["feasible_pct"] == 100
+    for decode in ("improved-100ms", "improved"):  # improve keeps the classes feasible, no dearer
+        improved = r["fc"][decode]
+        assert improved["feasible_pct"] == 100 and improved["ms_max"] > 0
+        assert improved["excess_mean"] <= r["fc"]["redispatched"]["excess_mean"] + 1e-9
     assert clipped and clipped == [1.0] * steps  # every step clipped
     ldf_dir = ["--run-dir", str(tmp_path / "ldf"), "--save", str(tmp_path / "ldf.pt")]
     pretrained = ["--pretrained", str(tmp_path / "fc.pt")]

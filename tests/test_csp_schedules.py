@@ -81,6 +81,25 @@ def test_improve_ends_in_a_local_optimum(tmp_path, csp_tiny, seed):
         assert moved_bad or moved_cost >= best_cost - 1e-6
 
 
+@pytest.mark.parametrize("seed", SEEDS[:2])
+def test_improve_starts_no_move_that_its_estimates_say_cannot_finish(tmp_path, csp_tiny, seed):
+    """The budget is kept by prediction: a move starts only where the longest of its kind so
+    far fits; the estimates never change what improve does without a budget."""
+    inst, base, solar, price, mip, space, cost = tiny_case(tmp_path, csp_tiny, seed)
+    start = np.full(space["n"], -1)
+    start[: space["n_rec"]] = [space["by_class"][a][-1] for a in range(space["n_rec"])]
+    longest = {}
+    unbounded, _ = C.improve(space, start, cost)
+    estimated, _ = C.improve(space, start, cost, None, longest)
+    assert np.array_equal(unbounded, estimated) and not np.array_equal(unbounded, start)
+    moves = {C._move_one, C._place_once_off, C._shift_chain, C._eject}
+    assert set(longest) <= moves and C._move_one in longest
+    assert all(seconds >= 0.0 for seconds in longest.values())
+    too_long = dict.fromkeys(moves, 3600.0)  # an hour a move, against a minute's budget
+    same, passes = C.improve(space, start, cost, 60.0, too_long)
+    assert np.array_equal(same, start) and passes == 1
+
+
 def test_improve_on_small_0_stays_feasible_and_gains(csp_data):
     """Two price scenarios of the real instance: greedy and improve feasible; improve gains."""
     inst = C.read_instance(csp_data / "instances/phase2_instance_small_0.txt")

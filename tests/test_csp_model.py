@@ -206,3 +206,32 @@ def test_benchmarks_run(bench, csp_data):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "speed-up" in out.stdout
+
+
+def test_the_learning_curve_keeps_its_test_scenarios_and_runs(csp_data, tmp_path):
+    """bench/csp_learning_curve.py: each size trains on the training scenarios below it, tested
+    on the same scenarios; a tiny network at one small size runs end to end."""
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "bench"))
+    import csp_learning_curve as curve
+
+    index = np.arange(3000)
+    split = dict(train=index[:2000], val=index[2000:2500], test=index[2500:])
+    ds = {"index": np.concatenate([index[:1000], index[1000:] + 1000]), "split": split}
+    small, whole = curve.restricted(ds, 500), curve.restricted(ds, None)
+    assert list(small["split"]["train"]) == list(range(500))
+    assert len(whole["split"]["train"]) == 2000  # every training scenario
+    assert len(small["split"]["val"]) == len(whole["split"]["test"]) == 0  # all >= 2000 here
+    assert curve.epochs_for(600, 16, 1601) == 6 and curve.epochs_for(5, 16, 10_000) == 1
+    tiny = "--conv 4 --kernels 3 --pool 8 --mixer 16 --head 8,8"
+    flags = ["--sizes", "60", "--fc-steps", "2", "--ldf-steps", "1", "--network", tiny]
+    out = subprocess.run(
+        [sys.executable, str(root / "bench/csp_learning_curve.py"), *flags,
+         "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
+        cwd=root, env={**os.environ, "CSP_DATA_DIR": str(csp_data)},
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| 60 | " in out.stdout and "| ldf |" in out.stdout
+    for name in ("learning_curve.md", "learning_curve.json", "learning_curve.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0

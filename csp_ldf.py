@@ -1,8 +1,18 @@
 #!/usr/bin/env python3
 """Class scheduling (CSP) with the Lagrangian dual framework: thesis chapter 4 (Keegan 2023).
 
-The file follows the thesis: instances (4.1) -> price scenarios (4.2) -> MIP labels (4.1) ->
-model -> loss -> train -> evaluate (4.3-4.4), then the command line.
+The file follows the thesis, each section using only what is defined above it:
+- 4.1 instances and time series: the challenge's instance files, the VIC1 prices, the loads;
+- 4.1 the MIP: its matrices, the exact battery dispatch, HiGHS (or Gurobi), the checker;
+- 4.2 price scenarios: STL of the real series, residual blocks resampled (Figure 2);
+- labels: label files and folders, the dataset kept in the repository, making labels (Dask);
+- 4.3 model: the networks' data and splits, the conv + mixer + 72 heads network;
+- 4.3 loss: cross-entropy and the battery violation through the one-hot surrogate (eq. 16-18);
+- measures (Tables 7-9), through the checker;
+- 4.3 train: FC and LDF through common.train_ldf;
+- 4.4 schedules without learning (greedy, min-cut once-offs) and the local improvement;
+- 4.4 evaluate: decodes (raw, repaired, redispatched, improved), Tables 7-10;
+- the command line and main.
 
 Time: 2880 slots of 15 min, November 2020 AEDT; slot t is day t // 96 (day 0 = Sunday 1 November)
 at time of day t % 96 (9:00 = slot 36 of the day).
@@ -495,35 +505,6 @@ def read_loads(data_dir, which="forecast"):
     return base, solar
 
 
-# ================================================================ 4.2 price scenarios
-def stl_parts(price):
-    """STL decomposition of the price, period one day -> (trend, seasonal, residual)."""
-    from statsmodels.tsa.seasonal import STL
-
-    fit = STL(price, period=DAY).fit()
-    return np.asarray(fit.trend), np.asarray(fit.seasonal), np.asarray(fit.resid)
-
-
-def price_scenario(parts, block, seed, index):
-    """Thesis 4.2: trend + seasonal + blocks of the residual, each bootstrapped from a block that
-    starts at the same time of day -> (prices, block starts). Scenario `index` of `seed`."""
-    trend, seasonal, resid = parts
-    rng = np.random.default_rng([seed, index])
-    T = len(resid)
-    noise = np.empty(T)
-    starts = []
-    for position in range(0, T, block):
-        n = min(block, T - position)
-        same_time_of_day = np.arange(position % DAY, T - n + 1, DAY)
-        if len(same_time_of_day):
-            start = int(rng.choice(same_time_of_day))
-        else:
-            start = int(rng.integers(0, T - n + 1))
-        starts.append(start)
-        noise[position : position + n] = resid[start : start + n]
-    return trend + seasonal + noise, np.array(starts)
-
-
 # ================================================================ 4.1 the MIP
 def weekdays(inst):
     """The weekday (0 = Monday) of each day, and the first Monday."""
@@ -889,19 +870,6 @@ def stored_status(status, proven):
     return "within_gap" if status == "optimal" and proven >= OPTIMAL_GAP else str(status)
 
 
-def solve_highs(
-    mip, price, gap=0.01, time_limit=600.0, threads=1, start=None, seed=0, restrict="reduced-cost"
-):
-    """_solve_highs; after Ctrl-C the MIP's HiGHS models are dropped (HiGHS may still be running
-    them until its next interrupt check), so that a later solve builds new ones."""
-    try:
-        return _solve_highs(mip, price, gap, time_limit, threads, start, seed, restrict)
-    except KeyboardInterrupt:
-        mip.pop("highs", None)
-        mip.pop("highs_lp", None)
-        raise
-
-
 def restricted_columns(mip, cost, x_lp, reduced_cost, x0, restrict):
     """The start columns the first MIP may use: the LP's support and the warm start's columns,
     and either (reduced-cost) the CANDIDATE_COLUMNS of lowest LP reduced cost or (pays) every
@@ -1006,6 +974,19 @@ def _solve_highs(mip, price, gap, time_limit, threads, start, seed, restrict):
         oneoff_start=oneoff_start,
         battery_state=battery_state,
     )
+
+
+def solve_highs(
+    mip, price, gap=0.01, time_limit=600.0, threads=1, start=None, seed=0, restrict="reduced-cost"
+):
+    """_solve_highs; after Ctrl-C the MIP's HiGHS models are dropped (HiGHS may still be running
+    them until its next interrupt check), so that a later solve builds new ones."""
+    try:
+        return _solve_highs(mip, price, gap, time_limit, threads, start, seed, restrict)
+    except KeyboardInterrupt:
+        mip.pop("highs", None)
+        mip.pop("highs_lp", None)
+        raise
 
 
 def solve_gurobi(mip, price, gap=0.01, time_limit=600.0, threads=1, seed=0, **_):
@@ -1131,14 +1112,58 @@ def check_schedule(
     return float(SLOT_MWH_PER_KW * price @ grid - value), bad
 
 
-# ================================================================ label generation
+# ================================================================ 4.2 price scenarios
+def stl_parts(price):
+    """STL decomposition of the price, period one day -> (trend, seasonal, residual)."""
+    from statsmodels.tsa.seasonal import STL
+
+    fit = STL(price, period=DAY).fit()
+    return np.asarray(fit.trend), np.asarray(fit.seasonal), np.asarray(fit.resid)
+
+
+def price_scenario(parts, block, seed, index):
+    """Thesis 4.2: trend + seasonal + blocks of the residual, each bootstrapped from a block that
+    starts at the same time of day -> (prices, block starts). Scenario `index` of `seed`."""
+    trend, seasonal, resid = parts
+    rng = np.random.default_rng([seed, index])
+    T = len(resid)
+    noise = np.empty(T)
+    starts = []
+    for position in range(0, T, block):
+        n = min(block, T - position)
+        same_time_of_day = np.arange(position % DAY, T - n + 1, DAY)
+        if len(same_time_of_day):
+            start = int(rng.choice(same_time_of_day))
+        else:
+            start = int(rng.integers(0, T - n + 1))
+        starts.append(start)
+        noise[position : position + n] = resid[start : start + n]
+    return trend + seasonal + noise, np.array(starts)
+
+
+def figure2(price, block, seed):
+    """Thesis Figure 2: three price scenarios over the real prices, to data/figure2.png."""
+    import matplotlib.pyplot as plt
+
+    parts = stl_parts(price)
+    plt.figure(figsize=(12, 4))
+    for i in range(3):
+        scenario, _ = price_scenario(parts, block, seed, i)
+        plt.plot(scenario, lw=0.6, label=f"scenario {i}")
+    plt.plot(price, "k", lw=0.8, label="VIC1 RRP, Nov 2020")
+    plt.xlabel("slot (15 min from 1 Nov 2020 AEDT)")
+    plt.ylabel("$/MWh")
+    plt.legend()
+    plt.savefig("data/figure2.png", dpi=120)
+
+
+# ================================================================ labels: files and folders
 LABEL_KEYS = (*DECISION_KEYS, "objective", "bound", "gap", "status", "solver", "seconds")
 LABEL_FILE_KEYS = ("price", *LABEL_KEYS, "index", "fixed_cost")  # what every label file holds
 # what a label folder's labels follow from, besides the loads and the price series
 INSTANCE_ARRAYS = ("rooms", "large", "load", "dur", "value", "penalty", "cap", "m", "eff")
 INSTANCE_NUMBERS = ("n_rec", "n_oneoff", "n_small", "n_large", "days", "first_weekday")
 CONFIG_KEYS = ("instance", "seed", "block", "fingerprint")  # config.json; the rest: solver settings
-_WORKER = {}  # per solver process: fingerprint -> the MIP of the label set it works on
 # how a label is solved (_solve_highs), part of every label set's fingerprint
 LABEL_METHOD = (
     f"LP bound; MIP on the LP support, the warm start and the {CANDIDATE_COLUMNS} starts of lowest "
@@ -1234,22 +1259,6 @@ def read_label_config(folder):
     return config
 
 
-def label_scenario(cfg, i):
-    """Label scenario i of the label set `cfg`, warm-started from its reference label -> (i, price,
-    label); the scenario from the set's STL parts (cfg["parts"]). Runs in a Dask worker process (or
-    in this one); the MIP is built once per process and label set, and reused for every
-    scenario."""
-    cached = _WORKER.get(cfg["fingerprint"])
-    if cached is None:
-        _WORKER.clear()
-        cached = build_mip(cfg["inst"], cfg["base"], cfg["solar"])
-        _WORKER[cfg["fingerprint"]] = cached
-    mip = cached
-    price, _ = price_scenario(cfg["parts"], cfg["block"], cfg["seed"], i)
-    label = solve(mip, price, start=cfg["reference"], **cfg["solve"])
-    return i, price, label
-
-
 def _label_config(out, config):
     """Refuse a label folder made from other inputs or settings (config.json), else record them
     there. A folder older than fingerprints gets this run's (with a warning)."""
@@ -1277,195 +1286,12 @@ def _label_config(out, config):
     atomic_write_json(path, config)
 
 
-def generate_labels(
-    inst,
-    base,
-    solar,
-    price,
-    out,
-    n,
-    seed=0,
-    block=DAY,
-    workers=1,
-    shard=(0, 1),
-    limit=None,
-    progress=True,
-    dataset=None,
-    cluster=None,
-    loads="forecast",
-    raw_files=None,
-    **solve_kw,
-):
-    """Label this shard's scenarios of 0..n-1 that neither `dataset` nor `out` holds yet into
-    out/label_#####.npz (resume), each warm-started from the reference label (the real price's)
-    so that a label does not depend on interruptions; with `dataset`, every complete block of
-    SHARD_SCENARIOS scenarios is packed into a shard there (pack_shards). Workers: this process
-    (workers=1, no cluster) or Dask (solve_on_dask). Returns the summary (also summary.json).
-    raw_files: {name: SHA-256} of the raw data files, recorded in a new dataset's manifest.
-
-    The folder's config.json and every label carry the fingerprint of the inputs and settings
-    (label_fingerprint): a folder made from others is refused. A second run on the folder waits
-    for the first (a lock), then solves only what is left; temporaries of killed writes go."""
-    started = time.perf_counter()
-    out = Path(out)
-    fingerprint = label_fingerprint(inst, base, solar, price, seed, block, solve_kw)
-    config = dict(instance=inst["name"], seed=seed, block=block, **solve_kw)
-    with common.folder_lock(out, "these labels"):
-        common.remove_stale_temporaries(out)
-        _label_config(out, {**config, "fingerprint": fingerprint})
-        reference = out / "reference.npz"
-        packed = read_manifest(dataset, fingerprint) if dataset else {}
-        if reference.exists():
-            read_labels([reference], fingerprint, out)
-        elif packed:  # a fresh clone: the dataset's reference label, unchanged
-            atomic_write_bytes(reference, _checked_file(Path(dataset), packed["reference"]))
-        else:
-            label = solve(build_mip(inst, base, solar), price, **solve_kw)
-            provenance = dict(index=-1, seed=seed, block=block, fingerprint=fingerprint)
-            provenance["fixed_cost"] = fixed_cost(price, base, solar)
-            save_label(reference, label, price, inst, base, solar, **provenance)
-        parts = dataset_parts(dataset, packed, price) if packed else stl_parts(price)
-        cfg = dict(inst=inst, base=base, solar=solar, price=price, out=out, solve=solve_kw)
-        cfg.update(config, fingerprint=fingerprint, reference=load_label(reference), loads=loads)
-        cfg.update(parts=parts, raw_files=raw_files)
-        done = set(packed_indices(packed))
-        shard_index, n_shards = shard
-        todo = [
-            i
-            for i in range(shard_index, n, n_shards)
-            if i not in done and not (out / f"label_{i:05d}.npz").exists()
-        ]
-        todo = todo[:limit]
-        if dataset:
-            pack_shards(cfg, dataset, n)
-        solved = 0
-        for i, scenario, label in _solve(cfg, todo, workers, cluster, progress):
-            save_scenario(cfg, i, scenario, label)
-            solved += 1
-            if dataset and _shard_complete(cfg, dataset, i, n):
-                pack_shards(cfg, dataset, n)
-        summary = label_summary(out, fingerprint, dataset)
-        hours = (time.perf_counter() - started) / 3600
-        summary.update(
-            this_run_labels=solved,
-            this_run_workers=workers if cluster is None else cluster,
-            this_run_labels_per_hour=solved / hours,
-        )
-        return summary
-
-
-def save_scenario(cfg, i, price, label):
-    """Check a solved scenario's schedule and write it atomically to out/label_#####.npz."""
-    provenance = dict(index=i, seed=cfg["seed"], block=cfg["block"], fingerprint=cfg["fingerprint"])
-    provenance["fixed_cost"] = fixed_cost(price, cfg["base"], cfg["solar"])
-    path = cfg["out"] / f"label_{i:05d}.npz"
-    save_label(path, label, price, cfg["inst"], cfg["base"], cfg["solar"], **provenance)
-
-
-def _solve(cfg, todo, workers, cluster, progress):
-    """Yield (i, price, label) for the scenarios `todo` as they are solved, with a progress bar:
-    in this process (workers=1 and no cluster), else on Dask (solve_on_dask)."""
-    from tqdm import tqdm
-
-    task = {key: value for key, value in cfg.items() if key != "out"}
-    if workers == 1 and not (cluster or os.environ.get(common.SCHEDULER_VARIABLE)):
-        solved = (label_scenario(task, i) for i in todo)
-    else:
-        solved = solve_on_dask(task, todo, workers, cluster)
-    bar = tqdm(
-        solved,
-        total=len(todo),
-        disable=not progress,
-        desc=f"labels {cfg['instance']}",
-        unit="label",
-    )
-    with bar:
-        for i, price, label in bar:
-            bar.set_postfix(s=f"{label['seconds']:.1f}", gap=f"{label['gap']:.4f}")
-            yield i, price, label
-
-
-IN_FLIGHT_PER_THREAD = 2  # tasks given to the cluster at once, per worker thread
-
-
-def solve_on_dask(task, todo, workers, cluster):
-    """Yield (i, price, label) as a Dask cluster solves the scenarios `todo`: the scheduler at
-    `cluster` (or $LDF_DASK_SCHEDULER), else a local cluster of `workers` processes. Dask runs a
-    killed worker's tasks again elsewhere; this process writes every result, so each scenario is
-    written once. A few tasks are in flight at a time, so that Ctrl-C or an error stops soon."""
-    from dask.distributed import as_completed
-
-    import csp_ldf  # workers import this module by name and keep its _WORKER cache
-
-    with common.dask_client(workers, cluster) as client:
-        waiting = iter(todo)
-        running = as_completed()
-
-        def top_up():  # the window grows with the cluster (batch-system workers join late)
-            threads = sum(client.nthreads().values())
-            while running.count() < IN_FLIGHT_PER_THREAD * max(threads, workers):
-                i = next(waiting, None)
-                if i is None:
-                    return
-                key = f"csp-label-{task['fingerprint'][:12]}-{i}"
-                running.add(client.submit(csp_ldf.label_scenario, task, i, key=key, pure=False))
-
-        top_up()
-        for future in running:
-            yield future.result()
-            top_up()
-
-
-def label_summary(out, fingerprint=None, dataset=None):
-    """Times, gaps (on the total and on the controllable cost), solvers and statuses of the labels
-    of the dataset (if any) and of folder `out` (each checked to carry `fingerprint`), also to
-    out/summary.json."""
-    rows = []
-    manifest = read_manifest(dataset, fingerprint) if dataset else {}
-    for entry in manifest.get("shards", []):
-        rows += [dict(row, solver=manifest["solver"]) for row in _manifest_rows(entry)]
-    packed = {row["index"] for row in rows}
-    paths = [path for path in sorted(out.glob("label_*.npz")) if label_index(path) not in packed]
-    for label in read_labels(paths, fingerprint, out):
-        rows.append(label_row(label))
-    if not rows:
-        return {}
-    seconds = np.array([row["seconds"] for row in rows])
-    gaps = np.array([row["gap"] for row in rows])
-    controllable = np.array([row["gap_controllable"] for row in rows])
-    statuses = [row["status"] for row in rows]
-    summary = dict(
-        labels=len(rows),
-        in_dataset=len(packed),
-        seconds_mean=seconds.mean(),
-        seconds_median=np.median(seconds),
-        seconds_max=seconds.max(),
-        gap_mean=gaps.mean(),
-        gap_max=gaps.max(),
-        gap_controllable_median=np.median(controllable),
-        gap_controllable_mean=controllable.mean(),
-        gap_dollars_mean=np.mean([row["objective"] - row["bound"] for row in rows]),
-        solver=sorted({row["solver"] for row in rows}),
-        status={status: statuses.count(status) for status in sorted(set(statuses))},
-    )
-    atomic_write_json(out / "summary.json", summary)
-    return summary
-
-
-def summary_text(summary):
-    """The labels summary in words (--mode labels prints it above its JSON form)."""
-    if not summary:
-        return "no labels yet"
-    return (
-        f"{summary['labels']} labels ({summary['in_dataset']} in the dataset's shards); seconds "
-        f"per label mean {summary['seconds_mean']:.1f}, median {summary['seconds_median']:.1f}, "
-        f"max {summary['seconds_max']:.1f}; proven gap on the total cost mean "
-        f"{100 * summary['gap_mean']:.2f} %, max {100 * summary['gap_max']:.2f} % "
-        f"({summary['gap_dollars_mean']:.1f} $ mean), on the controllable cost median "
-        f"{100 * summary['gap_controllable_median']:.0f} %; statuses {summary['status']}\n"
-        f"this run: {summary['this_run_labels']} labels with {summary['this_run_workers']} "
-        f"worker(s), {summary['this_run_labels_per_hour']:.0f} labels per hour"
-    )
+def label_index(path):
+    """label_00042.npz -> 42."""
+    try:
+        return int(path.stem.removeprefix("label_"))
+    except ValueError:
+        raise SystemExit(f"{path}: not a label file name (label_<index>.npz): move it") from None
 
 
 # ---------------------------------------------------------------- the label dataset
@@ -1676,27 +1502,6 @@ def _shard_complete(cfg, dataset, i, n):
     return all((cfg["out"] / f"label_{j:05d}.npz").exists() for j in scenarios)
 
 
-def pack_shards(cfg, dataset, n):
-    """Pack every block of SHARD_SCENARIOS scenarios within 0..n-1 that the label folder holds
-    whole and the dataset does not into a compressed shard; then write the manifest (atomic, the
-    shard first)."""
-    dataset = Path(dataset)
-    with common.folder_lock(dataset, "this label dataset"):
-        common.remove_stale_temporaries(dataset)
-        manifest = read_manifest(dataset, cfg["fingerprint"]) or _new_manifest(cfg, dataset)
-        have = {entry["first"] for entry in manifest["shards"]}
-        for first in range(0, n - SHARD_SCENARIOS + 1, SHARD_SCENARIOS):
-            paths = [
-                cfg["out"] / f"label_{i:05d}.npz" for i in range(first, first + SHARD_SCENARIOS)
-            ]
-            if first in have or not all(path.exists() for path in paths):
-                continue
-            labels = read_labels(paths, cfg["fingerprint"], cfg["out"])
-            manifest["shards"].append(_write_shard(dataset, first, labels))
-            manifest["shards"].sort(key=lambda entry: entry["first"])
-            atomic_write_json(dataset / "manifest.json", manifest)
-
-
 def _new_manifest(cfg, dataset):
     """A new dataset's manifest, with its reference label written (compressed) beside it."""
     import highspy
@@ -1755,6 +1560,27 @@ def _write_shard(dataset, first, labels):
         made=provenance(),
         labels=columns,
     )
+
+
+def pack_shards(cfg, dataset, n):
+    """Pack every block of SHARD_SCENARIOS scenarios within 0..n-1 that the label folder holds
+    whole and the dataset does not into a compressed shard; then write the manifest (atomic, the
+    shard first)."""
+    dataset = Path(dataset)
+    with common.folder_lock(dataset, "this label dataset"):
+        common.remove_stale_temporaries(dataset)
+        manifest = read_manifest(dataset, cfg["fingerprint"]) or _new_manifest(cfg, dataset)
+        have = {entry["first"] for entry in manifest["shards"]}
+        for first in range(0, n - SHARD_SCENARIOS + 1, SHARD_SCENARIOS):
+            paths = [
+                cfg["out"] / f"label_{i:05d}.npz" for i in range(first, first + SHARD_SCENARIOS)
+            ]
+            if first in have or not all(path.exists() for path in paths):
+                continue
+            labels = read_labels(paths, cfg["fingerprint"], cfg["out"])
+            manifest["shards"].append(_write_shard(dataset, first, labels))
+            manifest["shards"].sort(key=lambda entry: entry["first"])
+            atomic_write_json(dataset / "manifest.json", manifest)
 
 
 def upgrade_dataset(dataset, fingerprint, price, raw_files):
@@ -1842,6 +1668,217 @@ def read_dataset(dataset, fingerprint, price, limit=None):
     return labels, reference
 
 
+# ---------------------------------------------------------------- making labels
+_WORKER = {}  # per solver process: fingerprint -> the MIP of the label set it works on
+
+
+def label_scenario(cfg, i):
+    """Label scenario i of the label set `cfg`, warm-started from its reference label -> (i, price,
+    label); the scenario from the set's STL parts (cfg["parts"]). Runs in a Dask worker process (or
+    in this one); the MIP is built once per process and label set, and reused for every
+    scenario."""
+    cached = _WORKER.get(cfg["fingerprint"])
+    if cached is None:
+        _WORKER.clear()
+        cached = build_mip(cfg["inst"], cfg["base"], cfg["solar"])
+        _WORKER[cfg["fingerprint"]] = cached
+    mip = cached
+    price, _ = price_scenario(cfg["parts"], cfg["block"], cfg["seed"], i)
+    label = solve(mip, price, start=cfg["reference"], **cfg["solve"])
+    return i, price, label
+
+
+def save_scenario(cfg, i, price, label):
+    """Check a solved scenario's schedule and write it atomically to out/label_#####.npz."""
+    provenance = dict(index=i, seed=cfg["seed"], block=cfg["block"], fingerprint=cfg["fingerprint"])
+    provenance["fixed_cost"] = fixed_cost(price, cfg["base"], cfg["solar"])
+    path = cfg["out"] / f"label_{i:05d}.npz"
+    save_label(path, label, price, cfg["inst"], cfg["base"], cfg["solar"], **provenance)
+
+
+IN_FLIGHT_PER_THREAD = 2  # tasks given to the cluster at once, per worker thread
+
+
+def solve_on_dask(task, todo, workers, cluster):
+    """Yield (i, price, label) as a Dask cluster solves the scenarios `todo`: the scheduler at
+    `cluster` (or $LDF_DASK_SCHEDULER), else a local cluster of `workers` processes. Dask runs a
+    killed worker's tasks again elsewhere; this process writes every result, so each scenario is
+    written once. A few tasks are in flight at a time, so that Ctrl-C or an error stops soon."""
+    from dask.distributed import as_completed
+
+    import csp_ldf  # workers import this module by name and keep its _WORKER cache
+
+    with common.dask_client(workers, cluster) as client:
+        waiting = iter(todo)
+        running = as_completed()
+
+        def top_up():  # the window grows with the cluster (batch-system workers join late)
+            threads = sum(client.nthreads().values())
+            while running.count() < IN_FLIGHT_PER_THREAD * max(threads, workers):
+                i = next(waiting, None)
+                if i is None:
+                    return
+                key = f"csp-label-{task['fingerprint'][:12]}-{i}"
+                running.add(client.submit(csp_ldf.label_scenario, task, i, key=key, pure=False))
+
+        top_up()
+        for future in running:
+            yield future.result()
+            top_up()
+
+
+def _solve(cfg, todo, workers, cluster, progress):
+    """Yield (i, price, label) for the scenarios `todo` as they are solved, with a progress bar:
+    in this process (workers=1 and no cluster), else on Dask (solve_on_dask)."""
+    from tqdm import tqdm
+
+    task = {key: value for key, value in cfg.items() if key != "out"}
+    if workers == 1 and not (cluster or os.environ.get(common.SCHEDULER_VARIABLE)):
+        solved = (label_scenario(task, i) for i in todo)
+    else:
+        solved = solve_on_dask(task, todo, workers, cluster)
+    bar = tqdm(
+        solved,
+        total=len(todo),
+        disable=not progress,
+        desc=f"labels {cfg['instance']}",
+        unit="label",
+    )
+    with bar:
+        for i, price, label in bar:
+            bar.set_postfix(s=f"{label['seconds']:.1f}", gap=f"{label['gap']:.4f}")
+            yield i, price, label
+
+
+def label_summary(out, fingerprint=None, dataset=None):
+    """Times, gaps (on the total and on the controllable cost), solvers and statuses of the labels
+    of the dataset (if any) and of folder `out` (each checked to carry `fingerprint`), also to
+    out/summary.json."""
+    rows = []
+    manifest = read_manifest(dataset, fingerprint) if dataset else {}
+    for entry in manifest.get("shards", []):
+        rows += [dict(row, solver=manifest["solver"]) for row in _manifest_rows(entry)]
+    packed = {row["index"] for row in rows}
+    paths = [path for path in sorted(out.glob("label_*.npz")) if label_index(path) not in packed]
+    for label in read_labels(paths, fingerprint, out):
+        rows.append(label_row(label))
+    if not rows:
+        return {}
+    seconds = np.array([row["seconds"] for row in rows])
+    gaps = np.array([row["gap"] for row in rows])
+    controllable = np.array([row["gap_controllable"] for row in rows])
+    statuses = [row["status"] for row in rows]
+    summary = dict(
+        labels=len(rows),
+        in_dataset=len(packed),
+        seconds_mean=seconds.mean(),
+        seconds_median=np.median(seconds),
+        seconds_max=seconds.max(),
+        gap_mean=gaps.mean(),
+        gap_max=gaps.max(),
+        gap_controllable_median=np.median(controllable),
+        gap_controllable_mean=controllable.mean(),
+        gap_dollars_mean=np.mean([row["objective"] - row["bound"] for row in rows]),
+        solver=sorted({row["solver"] for row in rows}),
+        status={status: statuses.count(status) for status in sorted(set(statuses))},
+    )
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def summary_text(summary):
+    """The labels summary in words (--mode labels prints it above its JSON form)."""
+    if not summary:
+        return "no labels yet"
+    return (
+        f"{summary['labels']} labels ({summary['in_dataset']} in the dataset's shards); seconds "
+        f"per label mean {summary['seconds_mean']:.1f}, median {summary['seconds_median']:.1f}, "
+        f"max {summary['seconds_max']:.1f}; proven gap on the total cost mean "
+        f"{100 * summary['gap_mean']:.2f} %, max {100 * summary['gap_max']:.2f} % "
+        f"({summary['gap_dollars_mean']:.1f} $ mean), on the controllable cost median "
+        f"{100 * summary['gap_controllable_median']:.0f} %; statuses {summary['status']}\n"
+        f"this run: {summary['this_run_labels']} labels with {summary['this_run_workers']} "
+        f"worker(s), {summary['this_run_labels_per_hour']:.0f} labels per hour"
+    )
+
+
+def generate_labels(
+    inst,
+    base,
+    solar,
+    price,
+    out,
+    n,
+    seed=0,
+    block=DAY,
+    workers=1,
+    shard=(0, 1),
+    limit=None,
+    progress=True,
+    dataset=None,
+    cluster=None,
+    loads="forecast",
+    raw_files=None,
+    **solve_kw,
+):
+    """Label this shard's scenarios of 0..n-1 that neither `dataset` nor `out` holds yet into
+    out/label_#####.npz (resume), each warm-started from the reference label (the real price's)
+    so that a label does not depend on interruptions; with `dataset`, every complete block of
+    SHARD_SCENARIOS scenarios is packed into a shard there (pack_shards). Workers: this process
+    (workers=1, no cluster) or Dask (solve_on_dask). Returns the summary (also summary.json).
+    raw_files: {name: SHA-256} of the raw data files, recorded in a new dataset's manifest.
+
+    The folder's config.json and every label carry the fingerprint of the inputs and settings
+    (label_fingerprint): a folder made from others is refused. A second run on the folder waits
+    for the first (a lock), then solves only what is left; temporaries of killed writes go."""
+    started = time.perf_counter()
+    out = Path(out)
+    fingerprint = label_fingerprint(inst, base, solar, price, seed, block, solve_kw)
+    config = dict(instance=inst["name"], seed=seed, block=block, **solve_kw)
+    with common.folder_lock(out, "these labels"):
+        common.remove_stale_temporaries(out)
+        _label_config(out, {**config, "fingerprint": fingerprint})
+        reference = out / "reference.npz"
+        packed = read_manifest(dataset, fingerprint) if dataset else {}
+        if reference.exists():
+            read_labels([reference], fingerprint, out)
+        elif packed:  # a fresh clone: the dataset's reference label, unchanged
+            atomic_write_bytes(reference, _checked_file(Path(dataset), packed["reference"]))
+        else:
+            label = solve(build_mip(inst, base, solar), price, **solve_kw)
+            provenance = dict(index=-1, seed=seed, block=block, fingerprint=fingerprint)
+            provenance["fixed_cost"] = fixed_cost(price, base, solar)
+            save_label(reference, label, price, inst, base, solar, **provenance)
+        parts = dataset_parts(dataset, packed, price) if packed else stl_parts(price)
+        cfg = dict(inst=inst, base=base, solar=solar, price=price, out=out, solve=solve_kw)
+        cfg.update(config, fingerprint=fingerprint, reference=load_label(reference), loads=loads)
+        cfg.update(parts=parts, raw_files=raw_files)
+        done = set(packed_indices(packed))
+        shard_index, n_shards = shard
+        todo = [
+            i
+            for i in range(shard_index, n, n_shards)
+            if i not in done and not (out / f"label_{i:05d}.npz").exists()
+        ]
+        todo = todo[:limit]
+        if dataset:
+            pack_shards(cfg, dataset, n)
+        solved = 0
+        for i, scenario, label in _solve(cfg, todo, workers, cluster, progress):
+            save_scenario(cfg, i, scenario, label)
+            solved += 1
+            if dataset and _shard_complete(cfg, dataset, i, n):
+                pack_shards(cfg, dataset, n)
+        summary = label_summary(out, fingerprint, dataset)
+        hours = (time.perf_counter() - started) / 3600
+        summary.update(
+            this_run_labels=solved,
+            this_run_workers=workers if cluster is None else cluster,
+            this_run_labels_per_hour=solved / hours,
+        )
+        return summary
+
+
 # ================================================================ 4.3 model
 NEG = -1e9  # logit of a start that the solver's columns rule out
 ARCH = ("conv", "kernels", "pool", "mixer", "head")  # the network options a checkpoint keeps
@@ -1859,14 +1896,6 @@ LABEL_ARRAYS = dict(
     seconds=float,
     index=int,
 )
-
-
-def label_index(path):
-    """label_00042.npz -> 42."""
-    try:
-        return int(path.stem.removeprefix("label_"))
-    except ValueError:
-        raise SystemExit(f"{path}: not a label file name (label_<index>.npz): move it") from None
 
 
 def _check_label_shapes(label, path, inst, n_slots):
@@ -2153,6 +2182,82 @@ def battery_violation(logits, inst, k=20.0):
     return (F.relu(-charge) + F.relu(charge - cap[:, None])).mean((1, 2))
 
 
+# ================================================================ measures (Tables 7-9)
+# through the labels' checker: of the test schedules, and of the validation schedules in training
+EXCESS_PERCENTILE = 95  # the $ above the label: its mean, this percentile and its max
+FAMILIES = (
+    "battery min",
+    "battery capacity",
+    "min or capacity",
+    "small rooms",
+    "large rooms",
+    "precedence",
+)
+
+
+def _family_stats(violation):
+    """% of the constraint instances violated, mean degree, max degree."""
+    if not violation.size:
+        return (0.0, 0.0, 0.0)
+    return (100 * (violation > 1e-6).mean(), violation.mean(), violation.max())
+
+
+def evaluate_schedules(ds, rows, sched):
+    """Through the checker: AR (eq. 17), % feasible, and per family (Tables 7-8) the % of
+    constraint instances violated and the violation degree (kWh; rooms over; precedence pairs:
+    days too late, 1 if the predecessor is missing)."""
+    inst = ds["inst"]
+    costs = []
+    n_violations = []
+    families = []  # per instance: per family (% violated, mean degree, max degree)
+    for j, i in enumerate(rows):
+        detail = {}
+        recurring_start, oneoff_start, battery_state = (decisions[j] for decisions in sched[:3])
+        cost, bad = check_schedule(
+            inst,
+            ds["base"],
+            ds["solar"],
+            ds["price"][i],
+            recurring_start,
+            oneoff_start,
+            battery_state,
+            detail=detail,
+        )
+        below = np.maximum(0, -detail["charge"])
+        above = np.maximum(0, detail["charge"] - inst["cap"][:, None])
+        rooms_over = np.maximum(0, detail["rooms"] - [[inst["n_small"]], [inst["n_large"]]])
+        measures = (below, above, below + above, rooms_over[0], rooms_over[1], detail["prec"])
+        families.append([_family_stats(v) for v in measures])
+        costs.append(cost)
+        n_violations.append(sum(bad.values()))
+    ar = common.approximation_ratio(costs, ds["objective"][rows], gap=ds["gap"][rows])
+    # the controllable cost: the total less the base load net of solar, which no decision moves
+    fixed = np.array([fixed_cost(ds["price"][i], ds["base"], ds["solar"]) for i in rows])
+    excess = np.array(costs) - ds["objective"][rows]
+    controllable = np.abs(ds["objective"][rows] - fixed)
+    by_family = np.array(families).transpose(1, 0, 2)  # family, instance, statistic
+    return dict(
+        ar_mean=ar.mean(),
+        ar_max=ar.max(),
+        ar_min=ar.min(),
+        excess_mean=excess.mean(),
+        excess_p95=np.percentile(excess, EXCESS_PERCENTILE),
+        excess_max=excess.max(),
+        controllable_mean=controllable.mean(),
+        ar_controllable=1 + excess.mean() / controllable.mean(),
+        feasible_pct=100 * np.mean(np.array(n_violations) == 0),
+        fam={
+            family: dict(
+                pct_mean=v[:, 0].mean(),
+                pct_max=v[:, 0].max(),
+                degree_mean=v[:, 1].mean(),
+                degree_avg_max=v[:, 2].mean(),
+            )
+            for family, v in zip(FAMILIES, by_family, strict=True)
+        },
+    )
+
+
 # ================================================================ 4.3 train
 def predict(model, x, batch=32):
     """Network outputs (float32), computed in the precision of the model's weights
@@ -2272,6 +2377,20 @@ NO_COLUMN = CUT_INFINITE // 4  # capacity of a day on which a class has no colum
 MAX_PASSES = 50  # improvement passes over all moves (each pass lowers the cost, or it stops)
 
 
+def topological_order(inst):
+    """The classes, recurring ones first, each after its predecessors."""
+    n = len(inst["dur"])
+    placed = set()
+    order = []
+    while len(order) < n:
+        for a in range(n):
+            if a not in placed and placed.issuperset(inst["prec"][a]):
+                order.append(a)
+                placed.add(a)
+    recurring = [a for a in order if a < inst["n_rec"]]
+    return recurring + [a for a in order if a >= inst["n_rec"]]
+
+
 def schedule_space(mip):
     """What the heuristics need of the MIP's start columns: per class, its columns and their
     days; per column, its slots and its runs (one a week for a recurring class: first slots,
@@ -2327,20 +2446,6 @@ def schedule_space(mip):
         order=order,
         rank=np.argsort(order),
     )
-
-
-def topological_order(inst):
-    """The classes, recurring ones first, each after its predecessors."""
-    n = len(inst["dur"])
-    placed = set()
-    order = []
-    while len(order) < n:
-        for a in range(n):
-            if a not in placed and placed.issuperset(inst["prec"][a]):
-                order.append(a)
-                placed.add(a)
-    recurring = [a for a in order if a < inst["n_rec"]]
-    return recurring + [a for a in order if a >= inst["n_rec"]]
 
 
 def column_costs(mip, prices):
@@ -2583,6 +2688,18 @@ def _try(schedule, cost, taken, place):
     return False
 
 
+def _in_way(schedule, a, k):
+    """The scheduled classes that share a room size and a slot with class a at column k."""
+    s = schedule.space
+    others = np.flatnonzero((schedule.chosen >= 0) & (s["size"] == s["size"][a]))
+    others = others[others != a]
+    columns = schedule.chosen[others]
+    theirs = s["run_float"][columns][:, :, None]  # class, run, 1
+    mine = s["run_float"][k][None, None, :]  # 1, 1, run
+    overlap = (theirs < mine + s["dur"][k]) & (mine < theirs + s["dur"][columns][:, None, None])
+    return list(others[overlap.any((1, 2))])
+
+
 def _eject(schedule, a, cost):
     """Rooms block class a's cheaper starts: put a at one of them, take out the classes in its
     way and put them back at their cheapest feasible columns (a swap when one class blocks)."""
@@ -2610,18 +2727,6 @@ def _eject(schedule, a, cost):
         if _try(schedule, cost, [a, *in_way], place):
             return True
     return False
-
-
-def _in_way(schedule, a, k):
-    """The scheduled classes that share a room size and a slot with class a at column k."""
-    s = schedule.space
-    others = np.flatnonzero((schedule.chosen >= 0) & (s["size"] == s["size"][a]))
-    others = others[others != a]
-    columns = schedule.chosen[others]
-    theirs = s["run_float"][columns][:, :, None]  # class, run, 1
-    mine = s["run_float"][k][None, None, :]  # 1, 1, run
-    overlap = (theirs < mine + s["dur"][k]) & (mine < theirs + s["dur"][columns][:, None, None])
-    return list(others[overlap.any((1, 2))])
 
 
 def _place_once_off(schedule, a, cost):
@@ -2716,20 +2821,11 @@ def improve(space, chosen, cost, seconds=None, longest=None):
 
 
 # ================================================================ 4.4 evaluate
-FAMILIES = (
-    "battery min",
-    "battery capacity",
-    "min or capacity",
-    "small rooms",
-    "large rooms",
-    "precedence",
-)
 # improved: improve() to a local optimum; improved-100ms: improve() until the whole pipeline has
 # spent SCENARIO_BUDGET a scenario; both with the batteries re-dispatched exactly
 DECODES = ("raw", "repaired", "redispatched", "improved-100ms", "improved")
 SCENARIO_BUDGET = 0.1  # seconds a scenario: the question users ask of a learned optimiser
 HIGHS_LIMITS = (0.1, 0.3, 1.0, 3.0)  # Table 10: HiGHS' wall-clock limits, seconds a scenario
-EXCESS_PERCENTILE = 95
 LABEL_GAP = 0.01  # the labels' relative MIP gap (--gap), also HiGHS' in Table 10
 THESIS = {"fc": (89.5, 1.136), "ldf": (58.0, 1.177)}  # min-or-capacity % of slots violated, AR
 
@@ -2818,69 +2914,6 @@ def repaired_decode(out, ds):
         fell_back.append(fell)
     battery = repair_batteries(raw_decode(out)[2], ds["inst"])
     return np.array(recurring), np.array(oneoff), battery, np.array(fell_back)
-
-
-def _family_stats(violation):
-    """% of the constraint instances violated, mean degree, max degree."""
-    if not violation.size:
-        return (0.0, 0.0, 0.0)
-    return (100 * (violation > 1e-6).mean(), violation.mean(), violation.max())
-
-
-def evaluate_schedules(ds, rows, sched):
-    """Through the checker: AR (eq. 17), % feasible, and per family (Tables 7-8) the % of
-    constraint instances violated and the violation degree (kWh; rooms over; precedence pairs:
-    days too late, 1 if the predecessor is missing)."""
-    inst = ds["inst"]
-    costs = []
-    n_violations = []
-    families = []  # per instance: per family (% violated, mean degree, max degree)
-    for j, i in enumerate(rows):
-        detail = {}
-        recurring_start, oneoff_start, battery_state = (decisions[j] for decisions in sched[:3])
-        cost, bad = check_schedule(
-            inst,
-            ds["base"],
-            ds["solar"],
-            ds["price"][i],
-            recurring_start,
-            oneoff_start,
-            battery_state,
-            detail=detail,
-        )
-        below = np.maximum(0, -detail["charge"])
-        above = np.maximum(0, detail["charge"] - inst["cap"][:, None])
-        rooms_over = np.maximum(0, detail["rooms"] - [[inst["n_small"]], [inst["n_large"]]])
-        measures = (below, above, below + above, rooms_over[0], rooms_over[1], detail["prec"])
-        families.append([_family_stats(v) for v in measures])
-        costs.append(cost)
-        n_violations.append(sum(bad.values()))
-    ar = common.approximation_ratio(costs, ds["objective"][rows], gap=ds["gap"][rows])
-    # the controllable cost: the total less the base load net of solar, which no decision moves
-    fixed = np.array([fixed_cost(ds["price"][i], ds["base"], ds["solar"]) for i in rows])
-    excess = np.array(costs) - ds["objective"][rows]
-    controllable = np.abs(ds["objective"][rows] - fixed)
-    by_family = np.array(families).transpose(1, 0, 2)  # family, instance, statistic
-    return dict(
-        ar_mean=ar.mean(),
-        ar_max=ar.max(),
-        ar_min=ar.min(),
-        excess_mean=excess.mean(),
-        excess_p95=np.percentile(excess, EXCESS_PERCENTILE),
-        excess_max=excess.max(),
-        controllable_mean=controllable.mean(),
-        ar_controllable=1 + excess.mean() / controllable.mean(),
-        feasible_pct=100 * np.mean(np.array(n_violations) == 0),
-        fam={
-            family: dict(
-                pct_mean=v[:, 0].mean(),
-                pct_max=v[:, 0].max(),
-                degree_mean=v[:, 1].mean(),
-                degree_avg_max=v[:, 2].mean(),
-            )
-            for family, v in zip(FAMILIES, by_family, strict=True)
-        },
-    )
 
 
 def redispatched_batteries(ds, rows):
@@ -3275,6 +3308,67 @@ def flag(dest):
     return "--" + dest.replace("_", "-")
 
 
+def given_options(parser, argv):
+    """The dests of the options on the command line: a second parse with every default
+    suppressed (abbreviated flags included)."""
+    defaults = [(action, action.default) for action in parser._actions]
+    for action, _ in defaults:
+        action.default = argparse.SUPPRESS
+    try:
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in defaults:
+            action.default = default
+
+
+def check_args(p, args, given):
+    """argparse errors for flags that do nothing in the chosen mode or model and for values that
+    cannot work, before any data is read."""
+    unused = sorted(flag(d) for d in given if args.mode not in OPTION_MODES.get(d, MODES))
+    if unused:
+        them = "it" if len(unused) == 1 else "them"
+        p.error(f"--mode {args.mode} does not use {', '.join(unused)}: drop {them}")
+    try:
+        args.shard = tuple(int(x) for x in args.shard.split("/"))
+        valid_shard = len(args.shard) == 2 and 0 <= args.shard[0] < args.shard[1]
+    except ValueError:
+        valid_shard = False
+    if not valid_shard:
+        p.error(f"--shard: expected k/n with 0 <= k < n, got {args.shard!r}")
+    if len(args.conv) != len(args.kernels):
+        p.error(f"--conv {args.conv} and --kernels {args.kernels} need as many values")
+    if len(args.head) != 2:
+        p.error(f"--head: expected two widths, got {args.head}")
+    length = SERIES_SLOTS - sum(k - 1 for k in args.kernels)
+    if length < 1:
+        p.error(f"--kernels {args.kernels}: wider than the series ({SERIES_SLOTS} slots)")
+    if args.pool > length:
+        p.error(
+            f"--pool {args.pool}: wider than the series after the convolutions ({length} slots)"
+        )
+    model = args.model or ("ldf" if args.pretrained else "fc")
+    ldf_only = sorted(flag(d) for d in given & set(LDF_ONLY))
+    if args.mode == "train" and model == "fc" and ldf_only:
+        p.error(f"{', '.join(ldf_only)}: the LDF model's settings; the fc model has no multiplier")
+    architecture = sorted(flag(d) for d in given & set(ARCH))
+    if args.pretrained and architecture:
+        p.error(
+            "--pretrained takes the architecture from its checkpoint: "
+            f"drop {', '.join(architecture)}"
+        )
+    if args.pretrained and not os.path.isfile(args.pretrained):
+        p.error(
+            f"--pretrained: no such file {args.pretrained}; make the FC network first: "
+            f"python csp_ldf.py --model fc --save {args.pretrained}"
+        )
+    for named in args.checkpoints:
+        name, _, path = named.partition("=")
+        if not name or not path:
+            p.error(f"--checkpoints: expected name=path, got {named!r}")
+        if args.mode == "evaluate" and not os.path.isfile(path):
+            p.error(f"--checkpoints {named}: no such file {path}")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
@@ -3418,94 +3512,6 @@ def parse_args(argv=None):
     return args
 
 
-def given_options(parser, argv):
-    """The dests of the options on the command line: a second parse with every default
-    suppressed (abbreviated flags included)."""
-    defaults = [(action, action.default) for action in parser._actions]
-    for action, _ in defaults:
-        action.default = argparse.SUPPRESS
-    try:
-        return set(vars(parser.parse_args(argv)))
-    finally:
-        for action, default in defaults:
-            action.default = default
-
-
-def check_args(p, args, given):
-    """argparse errors for flags that do nothing in the chosen mode or model and for values that
-    cannot work, before any data is read."""
-    unused = sorted(flag(d) for d in given if args.mode not in OPTION_MODES.get(d, MODES))
-    if unused:
-        them = "it" if len(unused) == 1 else "them"
-        p.error(f"--mode {args.mode} does not use {', '.join(unused)}: drop {them}")
-    try:
-        args.shard = tuple(int(x) for x in args.shard.split("/"))
-        valid_shard = len(args.shard) == 2 and 0 <= args.shard[0] < args.shard[1]
-    except ValueError:
-        valid_shard = False
-    if not valid_shard:
-        p.error(f"--shard: expected k/n with 0 <= k < n, got {args.shard!r}")
-    if len(args.conv) != len(args.kernels):
-        p.error(f"--conv {args.conv} and --kernels {args.kernels} need as many values")
-    if len(args.head) != 2:
-        p.error(f"--head: expected two widths, got {args.head}")
-    length = SERIES_SLOTS - sum(k - 1 for k in args.kernels)
-    if length < 1:
-        p.error(f"--kernels {args.kernels}: wider than the series ({SERIES_SLOTS} slots)")
-    if args.pool > length:
-        p.error(
-            f"--pool {args.pool}: wider than the series after the convolutions ({length} slots)"
-        )
-    model = args.model or ("ldf" if args.pretrained else "fc")
-    ldf_only = sorted(flag(d) for d in given & set(LDF_ONLY))
-    if args.mode == "train" and model == "fc" and ldf_only:
-        p.error(f"{', '.join(ldf_only)}: the LDF model's settings; the fc model has no multiplier")
-    architecture = sorted(flag(d) for d in given & set(ARCH))
-    if args.pretrained and architecture:
-        p.error(
-            "--pretrained takes the architecture from its checkpoint: "
-            f"drop {', '.join(architecture)}"
-        )
-    if args.pretrained and not os.path.isfile(args.pretrained):
-        p.error(
-            f"--pretrained: no such file {args.pretrained}; make the FC network first: "
-            f"python csp_ldf.py --model fc --save {args.pretrained}"
-        )
-    for named in args.checkpoints:
-        name, _, path = named.partition("=")
-        if not name or not path:
-            p.error(f"--checkpoints: expected name=path, got {named!r}")
-        if args.mode == "evaluate" and not os.path.isfile(path):
-            p.error(f"--checkpoints {named}: no such file {path}")
-
-
-def figure2(price, block, seed):
-    """Thesis Figure 2: three price scenarios over the real prices, to data/figure2.png."""
-    import matplotlib.pyplot as plt
-
-    parts = stl_parts(price)
-    plt.figure(figsize=(12, 4))
-    for i in range(3):
-        scenario, _ = price_scenario(parts, block, seed, i)
-        plt.plot(scenario, lw=0.6, label=f"scenario {i}")
-    plt.plot(price, "k", lw=0.8, label="VIC1 RRP, Nov 2020")
-    plt.xlabel("slot (15 min from 1 Nov 2020 AEDT)")
-    plt.ylabel("$/MWh")
-    plt.legend()
-    plt.savefig("data/figure2.png", dpi=120)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    set_seed(args.seed)
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    try:
-        run_mode(args)
-    except (InputError, SolverError) as err:
-        raise SystemExit(str(err)) from None
-
-
 def run_mode(args):
     data = find_data_dir(args.data_dir)
     price = read_price(data)
@@ -3576,6 +3582,17 @@ def run_mode(args):
         )
         print(summary_text(summary))
         print(json.dumps(summary, default=float))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    set_seed(args.seed)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    try:
+        run_mode(args)
+    except (InputError, SolverError) as err:
+        raise SystemExit(str(err)) from None
 
 
 def exit_interrupted():

@@ -66,6 +66,7 @@ from common import (  # noqa: E402
 
 # ---- time
 DAY = 96  # slots per day
+WEEK_DAYS = 7
 NINE = 36  # 9:00 as a slot of the day
 FIVE = 68  # 17:00 as a slot of the day
 WORKDAYS = 5  # Monday..Friday: recurring classes run on weekdays 0..4
@@ -508,7 +509,7 @@ def read_loads(data_dir, which="forecast"):
 # ================================================================ 4.1 the MIP
 def weekdays(inst):
     """The weekday (0 = Monday) of each day, and the first Monday."""
-    weekday = (inst["first_weekday"] + np.arange(inst["days"])) % 7
+    weekday = (inst["first_weekday"] + np.arange(inst["days"])) % WEEK_DAYS
     first_monday = int(np.argmax(weekday == 0))
     return weekday, first_monday
 
@@ -545,7 +546,7 @@ def start_columns(inst):
         if a < inst["n_rec"]:
             offsets = np.arange(WEEK_OPTIONS - dur + 1)
             for d in range(lo[a], hi[a] + 1):
-                days_run = np.arange(first_monday + d, inst["days"], 7)
+                days_run = np.arange(first_monday + d, inst["days"], WEEK_DAYS)
                 if len(days_run) == 0:
                     continue
                 blocks.append(dict(start=WEEK_OPTIONS * d + offsets, day=d, value=0.0, cls=a))
@@ -588,7 +589,7 @@ def build_mip(inst, base, solar):
     Columns: the binary starts x (start_columns), then the running sums E[p, d] = [predecessor p
     scheduled before day d] for d >= 1. The batteries separate from the classes (battery_dispatch,
     exact) when grid >= 0 cannot bind, i.e. when base - solar covers every battery discharging at
-    once: true by >= 142 kW for all 20 instances (the batteries in the MIP: see the git history)."""
+    once: true by >= 142 kW for all 20 instances (a model that could bind is refused)."""
     cols = start_columns(inst)
     T = len(base)
     n_starts = len(cols["cls"])
@@ -842,15 +843,13 @@ def highs_model(mip, integer, threads):
 # The restricted MIP (labels): the LP's support, the warm start's columns and the
 # CANDIDATE_COLUMNS start columns of lowest LP reduced cost, solved to RESTRICTED_GAP of its own
 # bound without HiGHS' feasibility-jump and root-reduced-cost heuristics (which found nothing here
-# that its sub-MIP did not). bench/csp_labels.py: 4.3 s against 12.0 s a label at the same mean
-# proven gap (0.257 % against 0.253 %) on 8 scenarios of small_0.
+# that its sub-MIP did not). bench/csp_labels.py times it against other candidate counts.
 CANDIDATE_COLUMNS = 6000
 RESTRICTED_GAP = 1e-3
-# A HiGHS model re-priced for scenario after scenario slowed down: labels 1200-1276 of the first
-# run took 17.6 s mean (up to 45 s, at gaps far below --gap) where a fresh process took 7-11 s on
-# the same scenarios. Each model is built anew after this many solves (building takes 0.5 s).
+# A HiGHS model re-priced for hundreds of scenarios slows down (README: seconds per label); each
+# model is built anew after this many solves (building takes 0.5 s).
 MODEL_REUSES = 100
-RESTRICTIONS = ("reduced-cost", "pays")  # "pays": the path before, kept for bench/csp_labels.py
+FEASIBLE_SOLUTION = 2  # HiGHS' primal_solution_status kSolutionStatusFeasible
 
 
 OPTIMAL_GAP = 1e-4  # a label is "optimal" only where its proven relative gap is below this
@@ -870,24 +869,20 @@ def stored_status(status, proven):
     return "within_gap" if status == "optimal" and proven >= OPTIMAL_GAP else str(status)
 
 
-def restricted_columns(mip, cost, x_lp, reduced_cost, x0, restrict):
-    """The start columns the first MIP may use: the LP's support and the warm start's columns,
-    and either (reduced-cost) the CANDIDATE_COLUMNS of lowest LP reduced cost or (pays) every
-    recurring class's and every profitable one-off start."""
+def restricted_columns(mip, x_lp, reduced_cost, x0):
+    """The start columns the first MIP may use: the LP's support, the warm start's columns and
+    the CANDIDATE_COLUMNS of lowest LP reduced cost."""
     n_starts = mip["n_starts"]
     keep = x_lp[:n_starts] > 1e-6
     if x0 is not None:
         keep |= x0[:n_starts] > 0.5
-    if restrict == "pays":
-        keep |= (mip["cols"]["cls"] < mip["inst"]["n_rec"]) | (cost[:n_starts] < 0)
-    else:
-        candidates = min(CANDIDATE_COLUMNS, n_starts - 1)
-        threshold = np.partition(reduced_cost[:n_starts], candidates)[candidates]
-        keep |= reduced_cost[:n_starts] <= threshold
+    candidates = min(CANDIDATE_COLUMNS, n_starts - 1)
+    threshold = np.partition(reduced_cost[:n_starts], candidates)[candidates]
+    keep |= reduced_cost[:n_starts] <= threshold
     return keep
 
 
-def _solve_highs(mip, price, gap, time_limit, threads, start, seed, restrict):
+def _solve_highs(mip, price, gap, time_limit, threads, start, seed):
     """HiGHS: (1) the LP relaxation bounds; (2) the MIP on restricted columns
     (restricted_columns); (3) only if that is not within `gap` of the bound, the full MIP goes on.
     Every HiGHS run gets the time left of `time_limit` (seconds for the whole solve) and stops
@@ -897,8 +892,6 @@ def _solve_highs(mip, price, gap, time_limit, threads, start, seed, restrict):
     t0 = time.perf_counter()
     if not np.isfinite(price).all():
         raise InputError("the price series holds a value that is not finite")
-    if restrict not in RESTRICTIONS:
-        raise ValueError(f"restrict: one of {RESTRICTIONS}, not {restrict!r}")
     n = mip["A"].shape[1]
     n_starts = mip["n_starts"]
     cost, offset, battery_state = objective(mip, price)
@@ -923,8 +916,7 @@ def _solve_highs(mip, price, gap, time_limit, threads, start, seed, restrict):
         x_lp = np.zeros(n)
         reduced_cost = cost.copy()
     x0 = None if start is None else start_vector(mip, start)
-    keep_restricted = restricted_columns(mip, cost, x_lp, reduced_cost, x0, restrict)
-    fast = restrict == "reduced-cost"
+    keep_restricted = restricted_columns(mip, x_lp, reduced_cost, x0)
     best_objective = None
     best_x = None
     for full in (False, True):
@@ -932,10 +924,10 @@ def _solve_highs(mip, price, gap, time_limit, threads, start, seed, restrict):
         upper = np.r_[keep, mip["col_hi"][n_starts:]].astype(float)
         h.changeColsBounds(n, all_columns, mip["col_lo"], upper)
         left = time_limit - (time.perf_counter() - t0)
-        h.setOptionValue("mip_rel_gap", min(gap, RESTRICTED_GAP) if fast and not full else gap)
+        h.setOptionValue("mip_rel_gap", gap if full else min(gap, RESTRICTED_GAP))
         h.setOptionValue("random_seed", seed)
         for heuristic in ("feasibility_jump", "root_reduced_cost"):
-            h.setOptionValue(f"mip_heuristic_run_{heuristic}", full or not fast)
+            h.setOptionValue(f"mip_heuristic_run_{heuristic}", full)
         if x0 is not None:
             solution = highspy.HighsSolution()
             solution.col_value = list(x0)
@@ -943,7 +935,7 @@ def _solve_highs(mip, price, gap, time_limit, threads, start, seed, restrict):
             h.setSolution(solution)
         run_highs(h, left)
         info = h.getInfo()
-        feasible = info.primal_solution_status == 2
+        feasible = info.primal_solution_status == FEASIBLE_SOLUTION
         if feasible and (best_objective is None or info.objective_function_value < best_objective):
             best_objective = info.objective_function_value
             best_x = np.array(h.getSolution().col_value)
@@ -976,13 +968,11 @@ def _solve_highs(mip, price, gap, time_limit, threads, start, seed, restrict):
     )
 
 
-def solve_highs(
-    mip, price, gap=0.01, time_limit=600.0, threads=1, start=None, seed=0, restrict="reduced-cost"
-):
+def solve_highs(mip, price, gap=0.01, time_limit=600.0, threads=1, start=None, seed=0):
     """_solve_highs; after Ctrl-C the MIP's HiGHS models are dropped (HiGHS may still be running
     them until its next interrupt check), so that a later solve builds new ones."""
     try:
-        return _solve_highs(mip, price, gap, time_limit, threads, start, seed, restrict)
+        return _solve_highs(mip, price, gap, time_limit, threads, start, seed)
     except KeyboardInterrupt:
         mip.pop("highs", None)
         mip.pop("highs_lp", None)
@@ -1073,7 +1063,10 @@ def check_schedule(
             bad["start"] += 1
             continue
         if recurring:
-            runs = [day * DAY + NINE + offset for day in range(first_monday + d, inst["days"], 7)]
+            runs = [
+                day * DAY + NINE + offset
+                for day in range(first_monday + d, inst["days"], WEEK_DAYS)
+            ]
         else:
             runs = [s]
             business = weekday[d] < WORKDAYS and offset >= NINE and offset + dur <= FIVE
@@ -2870,7 +2863,7 @@ def repair_classes(logits, inst, T, fallback):
         earliest = max(predecessor_days, default=0)
         if a < n_rec:  # rooms in use on each weekday, 9:00-17:00, in its busiest week
             occupied = [
-                use[size, first_monday + d :: 7, NINE:FIVE].max(0, initial=0)
+                use[size, first_monday + d :: WEEK_DAYS, NINE:FIVE].max(0, initial=0)
                 for d in range(WORKDAYS)
             ]
             occupied = np.stack(occupied)
@@ -2891,7 +2884,7 @@ def repair_classes(logits, inst, T, fallback):
             start[a] = s
             day[a] = s // WEEK_OPTIONS
             first_slot = NINE + s % WEEK_OPTIONS
-            use[size, first_monday + day[a] :: 7, first_slot : first_slot + dur] += need
+            use[size, first_monday + day[a] :: WEEK_DAYS, first_slot : first_slot + dur] += need
         elif s < T:
             start[a] = s
             day[a] = s // DAY

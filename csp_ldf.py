@@ -1211,15 +1211,16 @@ def load_label(path):
 
 
 def read_labels(paths, fingerprint, folder):
-    """Load label files, each carrying `fingerprint` (their folder's; None: the first label's).
-    Labels older than fingerprints are accepted with one warning."""
+    """Load label files, each carrying `fingerprint` (their folder's; None: the first label's)."""
     labels = []
-    n_old = 0
     for path in paths:
         label = load_label(path)
         if "fingerprint" not in label:
-            n_old += 1
-        elif fingerprint is None:
+            raise SystemExit(
+                f"{path}: a label without the fingerprint of its inputs (made by a csp_ldf.py "
+                "before fingerprints): delete it and run --mode labels again to re-solve it"
+            )
+        if fingerprint is None:
             fingerprint = label["fingerprint"]
         elif label["fingerprint"] != fingerprint:
             raise SystemExit(
@@ -1228,12 +1229,6 @@ def read_labels(paths, fingerprint, folder):
                 "a label folder of its own (--out)"
             )
         labels.append(label)
-    if n_old:
-        print(
-            f"warning: {n_old} label(s) in {folder} predate input fingerprints (an older "
-            "csp_ldf.py): they are taken as made from these inputs",
-            file=sys.stderr,
-        )
     return labels
 
 
@@ -1248,22 +1243,19 @@ def read_label_config(folder):
         raise SystemExit(f"{path}: unreadable ({err}); delete the label folder {folder}") from None
     if not isinstance(config, dict):
         raise SystemExit(f"{path}: not a label folder's config; delete the label folder {folder}")
-    config.pop("battery", None)  # a retired setting, the same labels under both its values
     return config
 
 
 def _label_config(out, config):
     """Refuse a label folder made from other inputs or settings (config.json), else record them
-    there. A folder older than fingerprints gets this run's (with a warning)."""
+    there."""
     path = out / "config.json"
     old = read_label_config(out)
     if old and "fingerprint" not in old:
-        print(
-            f"warning: {out} predates input fingerprints (an older csp_ldf.py): its labels are "
-            "taken as made from these inputs",
-            file=sys.stderr,
+        raise SystemExit(
+            f"{path}: no fingerprint of the inputs (made by a csp_ldf.py before fingerprints): "
+            "delete the folder to make its labels again, or use another --out"
         )
-        old["fingerprint"] = config["fingerprint"]
     differ = sorted(key for key in set(old) | set(config) if old and old.get(key) != config[key])
     if differ:
         named = [key for key in differ if key != "fingerprint"]

@@ -238,20 +238,21 @@ def test_a_label_file_of_other_inputs_is_named(labelled, tmp_path):
         C.generate_labels(inst, base, solar, price, folder, n=5, **LABELS)
 
 
-def test_label_folders_older_than_fingerprints_load_with_one_warning(labelled, tmp_path, capsys):
+def test_labels_without_a_fingerprint_are_refused_by_name(labelled, tmp_path):
     inst, base, solar, price = (labelled[key] for key in ("inst", "base", "solar", "price"))
     folder = copy_of(labelled, tmp_path)
+    path = folder / "label_00002.npz"
+    with np.load(path) as z:
+        old = {key: z[key] for key in z.files if key != "fingerprint"}
+    np.savez(path, **old)
+    with pytest.raises(SystemExit, match="label_00002.npz: a label without the fingerprint"):
+        C.load_dataset(inst, base, solar, folder, price=price)
     config = json.loads((folder / "config.json").read_text())
     del config["fingerprint"]
-    (folder / "config.json").write_text(json.dumps({**config, "battery": "auto"}))
-    for path in folder.glob("*.npz"):
-        with np.load(path) as z:
-            old = {key: z[key] for key in z.files if key != "fingerprint"}
-        np.savez(path, **old)
-    ds = C.load_dataset(inst, base, solar, folder, price=price)
-    assert len(ds["index"]) == 4
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and "predate input fingerprints" in warnings[0]
+    (folder / "config.json").write_text(json.dumps(config))
+    path.unlink()  # a folder whose config.json has no fingerprint: settings differ
+    with pytest.raises(SystemExit, match="config.json: no fingerprint of the inputs"):
+        C.generate_labels(inst, base, solar, price, folder, n=5, **LABELS)
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage" * 10, "truncated"])

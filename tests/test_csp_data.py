@@ -3,7 +3,6 @@ resumable labels. Fixtures (csp_data, csp_tiny, csp_tiny_text): conftest.py."""
 
 import hashlib
 import itertools
-import json
 import re
 from pathlib import Path
 
@@ -202,21 +201,6 @@ def test_labels_resume_without_duplicates(tmp_path, csp_tiny):
             assert np.array_equal(a[k], b[k]), k
     with pytest.raises(SystemExit, match="other settings"):
         C.generate_labels(inst, base, solar, price, tmp_path / "a", **{**kw, "seed": 5})
-
-
-def test_labels_resume_a_folder_that_names_the_retired_battery_setting(tmp_path, csp_tiny):
-    """Label folders made while a `battery` setting existed ("auto" or "dp", the same labels)
-    resume; its config.json then no longer names it."""
-    inst, base, solar, price = csp_tiny(tmp_path, days=3)
-    kw = dict(n=1, seed=4, workers=1, progress=False, gap=0.0, time_limit=30)
-    C.generate_labels(inst, base, solar, price, tmp_path / "a", **kw)
-    config_path = tmp_path / "a" / "config.json"
-    config = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps({**config, "battery": "auto"}))
-    assert (
-        C.generate_labels(inst, base, solar, price, tmp_path / "a", **{**kw, "n": 2})["labels"] == 2
-    )
-    assert json.loads(config_path.read_text()) == config
 
 
 # ---------------------------------------------------------------- the real data

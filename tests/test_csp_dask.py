@@ -15,6 +15,7 @@ import pytest
 import csp_ldf as C
 
 pytest.importorskip("distributed")
+pytestmark = pytest.mark.slow  # real clusters and solves
 from dask.distributed import LocalCluster, WorkerPlugin  # noqa: E402
 
 SOLVE = dict(gap=0.0, time_limit=30)

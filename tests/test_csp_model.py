@@ -125,6 +125,7 @@ def test_repaired_decodes_of_random_outputs_pass_the_checker(ds):
         assert raw["feasible_pct"] < 100
 
 
+@pytest.mark.slow
 def test_tiny_fc_then_ldf_end_to_end(ds, tmp_path, capsys, monkeypatch):
     clipped = []
     clip = torch.nn.utils.clip_grad_norm_
@@ -185,6 +186,7 @@ def test_conv2d_features_are_the_thesis_conv1d_and_bf16_inference_agrees(ds):
     assert agree.float().mean() > 0.9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "bench",
     [
@@ -208,6 +210,7 @@ def test_benchmarks_run(bench, csp_data):
     assert "speed-up" in out.stdout
 
 
+@pytest.mark.slow
 def test_the_learning_curve_keeps_its_test_scenarios_and_runs(csp_data, tmp_path):
     """bench/csp_learning_curve.py: each size trains on the training scenarios below it, tested
     on the same scenarios; a tiny network at one small size runs end to end."""

@@ -100,6 +100,7 @@ def test_improve_starts_no_move_that_its_estimates_say_cannot_finish(tmp_path, c
     assert np.array_equal(same, start) and passes == 1
 
 
+@pytest.mark.slow
 def test_improve_on_small_0_stays_feasible_and_gains(csp_data):
     """Two price scenarios of the real instance: greedy and improve feasible; improve gains."""
     inst = C.read_instance(csp_data / "instances/phase2_instance_small_0.txt")
@@ -171,6 +172,7 @@ def test_highs_accepts_a_schedule_as_start_at_its_cost(tmp_path, csp_tiny):
     assert label["objective"] <= expected + 1e-6
 
 
+@pytest.mark.slow
 def test_table10_rows_need_no_training(csp_data):
     """no_learning on a few labelled scenarios: greedy, greedy + improve, HiGHS and the label,
     every schedule feasible; the label's own row is AR 1."""

@@ -222,6 +222,209 @@ def mu_loss(label_loss, violation, mu):
     return float(np.mean(np.asarray(label_loss) + mu * np.asarray(violation)))
 
 
+# ---------------------------------------------------------------- dual variants (beyond the thesis)
+DUALS = ("scalar", "per-instance", "augmented", "dual-net")
+DUAL_NET_HIDDEN = 64  # width of the dual network's one hidden layer
+DUAL_NET_LR = 1e-2  # Adam learning rate of the dual network (ascent on the Lagrangian)
+
+
+def inverse_softplus(value):
+    """z with softplus(z) = value (> 0): the dual network's output bias, so it starts at lambda0."""
+    return value + math.log(-math.expm1(-value))
+
+
+class DualNetMultiplier(torch.nn.Module):
+    """Primal-dual learning's dual network (Park and Van Hentenryck, AAAI 2023): the instance's
+    inputs -> hidden layer -> lambda = softplus(.) >= 0. The output layer starts at weight 0 and
+    bias softplus^-1(lambda0), so every instance starts at lambda0, as the other variants do; the
+    network then gives a multiplier for any instance, seen in training or not. A cooper
+    ImplicitMultiplier (constraint features: the instance's inputs)."""
+
+    expects_constraint_features = True
+
+    def __init__(self, n_features, lambda0, seed, hidden=DUAL_NET_HIDDEN):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):  # its initialisation leaves the global RNG alone
+            torch.manual_seed(seed)
+            self.hidden = torch.nn.Sequential(torch.nn.Linear(n_features, hidden), torch.nn.ReLU())
+            self.output = torch.nn.Linear(hidden, 1)
+        with torch.no_grad():
+            self.output.weight.zero_()
+            self.output.bias.fill_(inverse_softplus(max(float(lambda0), LAMBDA_FLOOR)))
+
+    def forward(self, features):
+        return torch.nn.functional.softplus(self.output(self.hidden(features))).squeeze(-1)
+
+    def post_step_(self):
+        """softplus keeps lambda >= 0: nothing to project."""
+
+    def sanity_check(self):
+        """No entry to check: the outputs are >= 0 by construction."""
+
+    def set_constraint_type(self, constraint_type):
+        self.constraint_type = constraint_type
+
+
+LAMBDA_FLOOR = 1e-12  # softplus never reaches 0: a dual network asked for lambda0 = 0 starts here
+
+
+class LagrangianDual:
+    """The multipliers beyond the thesis' one scalar, with cooper (cooper-optim): one inequality
+    constraint nu_i <= 0 per training instance i, in a cooper Lagrangian (per-instance,
+    dual-net) or augmented Lagrangian (augmented) formulation.
+
+    per-instance: lambda_i (a cooper IndexedMultiplier), raised once per epoch by its own
+        violation, lambda_i <- max(0, lambda_i + step * nu_i) (SGD ascent on the Lagrangian).
+    augmented: the same lambda_i, the loss adds rho/2 * nu_i^2, and lambda_i rises by the
+        method of multipliers, lambda_i <- max(0, lambda_i + rho * nu_i).
+    dual-net: lambda_i = DualNetMultiplier(inputs of instance i), one Adam ascent step on the
+        batch's Lagrangian mean(lambda_i * nu_i) after every primal step.
+
+    The primal loss is the batch mean of (label loss + the constraint's Lagrangian term), as the
+    thesis' loss with lambda_i in place of lambda."""
+
+    def __init__(
+        self,
+        kind,
+        train_rows,
+        *,
+        lambda0,
+        step,
+        rho=None,
+        features=None,
+        seed=0,
+        dual_lr=DUAL_NET_LR,
+    ):
+        import cooper
+
+        if kind not in DUALS[1:]:
+            raise ValueError(f"dual={kind!r}: expected one of {DUALS[1:]}")
+        self.kind = kind
+        self.train_rows = np.asarray(train_rows)
+        self.order = np.argsort(self.train_rows, kind="stable")
+        self.features = features
+        if kind == "dual-net":
+            if features is None:
+                raise ValueError("dual='dual-net' needs features: the inputs of every instance")
+            multiplier = DualNetMultiplier(features.shape[1], lambda0, seed).to(features.device)
+            self.optimizer = torch.optim.Adam(multiplier.parameters(), lr=dual_lr, maximize=True)
+        else:
+            init = torch.full((len(self.train_rows),), float(lambda0))
+            multiplier = cooper.multipliers.IndexedMultiplier(init=init)
+            if kind == "augmented" and not (rho is not None and rho > 0):
+                raise ValueError("dual='augmented' needs a penalty rho > 0")
+            dual_step = rho if kind == "augmented" else step  # the method of multipliers: rho
+            self.optimizer = torch.optim.SGD(multiplier.parameters(), lr=dual_step, maximize=True)
+        penalty = None
+        formulation = cooper.formulations.Lagrangian
+        if kind == "augmented":
+            penalty = cooper.penalty_coefficients.DensePenaltyCoefficient(torch.tensor(float(rho)))
+            formulation = cooper.formulations.AugmentedLagrangian
+        self.multiplier = multiplier
+        self.constraint = cooper.Constraint(
+            cooper.ConstraintType.INEQUALITY,
+            formulation_type=formulation,
+            multiplier=multiplier,
+            penalty_coefficient=penalty,
+        )
+        self.cooper = cooper
+
+    def positions(self, rows):
+        """Positions in train_rows of the instances `rows` (the index of their lambda_i)."""
+        sorted_rows = self.train_rows[self.order]
+        return torch.from_numpy(self.order[np.searchsorted(sorted_rows, np.asarray(rows))])
+
+    def constraint_features(self, rows):
+        if self.kind == "dual-net":
+            return self.features[torch.as_tensor(np.asarray(rows), device=self.features.device)]
+        return self.positions(rows)
+
+    def _state(self, violation, rows):
+        """A cooper CMPState holding the constraint nu_i <= 0 of instances `rows`."""
+        constraint_state = self.cooper.ConstraintState(
+            violation=violation,
+            constraint_features=self.constraint_features(rows),
+            strict_violation=violation.detach(),  # the rounded prediction's violation drives
+        )
+        return self.cooper.CMPState(observed_constraints={self.constraint: constraint_state})
+
+    def primal_loss(self, objective, violation, rows):
+        """objective (the batch's mean label loss) + mean over the batch of the constraint's
+        Lagrangian term: lambda_i * nu_i, or for augmented lambda_i * nu_i + rho/2 * nu_i^2."""
+        store = self._state(violation, rows).compute_primal_lagrangian()
+        return objective + store.lagrangian / len(rows)
+
+    def ascend(self, violation, rows, batch_mean):
+        """One ascent step of the multipliers on the Lagrangian sum (or batch mean) of
+        lambda_i * nu_i over instances `rows`; then cooper's projection to lambda >= 0."""
+        store = self._state(violation.detach(), rows).compute_dual_lagrangian()
+        self.optimizer.zero_grad(set_to_none=True)
+        lagrangian = store.lagrangian / len(rows) if batch_mean else store.lagrangian
+        lagrangian.backward()
+        self.optimizer.step()
+        self.multiplier.post_step_()
+
+    def after_batch(self, violation, rows):
+        """dual-net: one Adam ascent step on this batch's Lagrangian after the primal step."""
+        if self.kind == "dual-net":
+            self.ascend(violation, rows, batch_mean=True)
+
+    def after_epoch(self, violation):
+        """per-instance, augmented: lambda_i <- max(0, lambda_i + step * nu_i) for every training
+        instance, nu in the order of train_rows (Algorithm 1, one multiplier per instance)."""
+        if self.kind != "dual-net":
+            self.ascend(torch.as_tensor(violation, dtype=torch.float32), self.train_rows, False)
+
+    @torch.no_grad()
+    def values(self, rows=None):
+        """lambda_i of instances `rows` (default: the training set), as a float64 numpy array."""
+        rows = self.train_rows if rows is None else np.asarray(rows)
+        if self.kind == "dual-net":
+            features = self.constraint_features(rows)
+            batches = [features[s : s + PREDICT_BATCH] for s in range(0, len(rows), PREDICT_BATCH)]
+            values = torch.cat([self.multiplier(batch) for batch in batches])
+        else:
+            values = self.multiplier(self.positions(rows))
+        return values.double().cpu().numpy()
+
+    def summary(self):
+        """Statistics of the training set's multipliers for the history: mean, quantiles, max;
+        for the dual network also the mean over the instances it never trained on."""
+        values = self.values()
+        row = {
+            "multiplier": float(values.mean()),
+            "multiplier_min": float(values.min()),
+            "multiplier_median": float(np.median(values)),
+            "multiplier_p90": float(np.quantile(values, QUANTILE_HIGH)),
+            "multiplier_max": float(values.max()),
+        }
+        if self.kind == "dual-net":
+            unseen = np.setdiff1d(np.arange(len(self.features)), self.train_rows)
+            if len(unseen):
+                row["multiplier_unseen"] = float(self.values(unseen).mean())
+        return row
+
+    def is_finite(self):
+        return all(bool(torch.isfinite(t).all()) for t in self.multiplier.state_dict().values())
+
+    def state_dict(self):
+        return {
+            "kind": self.kind,
+            "multiplier": self.multiplier.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, saved):
+        if saved.get("kind") != self.kind:
+            raise ValueError(f"dual state of {saved.get('kind')!r}, this run is {self.kind!r}")
+        self.multiplier.load_state_dict(saved["multiplier"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+
+
+PREDICT_BATCH = 4096  # rows per forward pass when evaluating a network over a whole split
+QUANTILE_HIGH = 0.9
+
+
 # ---------------------------------------------------------------- the LDF training loop
 class TrainingDiverged(RuntimeError):
     """The loss, the weights or the multiplier stopped being finite; last.pt: the last good one."""
@@ -301,6 +504,9 @@ def train_ldf(
     fingerprint,
     resume=None,
     violation_sum=None,
+    dual="scalar",
+    dual_options=None,
+    training_violations=None,
 ):
     """The Lagrangian dual framework's training loop (thesis Algorithm 1), for both problems.
 
@@ -323,11 +529,32 @@ def train_ldf(
     TrainingDiverged; last.pt then still holds the last good epoch.
     saved: stored in every checkpoint (config, normalisation, data identity).
     resume: a last.pt from resume_checkpoint(), or None.
+    dual: the multipliers (DUALS). "scalar": the thesis' one lambda, as above (batch_loss gets a
+        float). The others (LagrangianDual, through cooper) call batch_loss(rows, 0.0), so its
+        loss must be the batch mean of (label loss + multiplier * violation), and add the
+        constraint's Lagrangian term themselves: "per-instance" (one lambda_i per training
+        instance, raised once per epoch by step * its own violation), "augmented" (the same
+        lambda_i raised by rho * nu_i, plus rho/2 * nu_i^2 in the loss), "dual-net" (a network
+        of the instance's inputs gives lambda_i, one Adam ascent step per batch).
+    dual_options: LagrangianDual's keywords: rho (augmented), features (dual-net: the inputs of
+        every instance, a tensor indexed by row), dual_lr (dual-net).
+    training_violations() -> the violation of every training instance (in the order of
+        train_rows) for the per-instance and augmented steps, from a separate pass; None: each
+        instance's violation in the epoch's mini-batch.
+    Checkpoints carry the dual's state ("dual"): resuming is bit-identical for every variant.
     Returns (state, path of the selected checkpoint)."""
     from tqdm import tqdm
 
     if select not in track:
         raise ValueError(f"select={select!r} must be one of track={track}")
+    if dual not in DUALS:
+        raise ValueError(f"dual={dual!r}: expected one of {DUALS}")
+    if dual != "scalar" and not ldf:
+        raise ValueError(f"dual={dual!r} moves LDF multipliers: the model without LDF has none")
+    multipliers = None  # the LagrangianDual of every variant but the thesis' scalar
+    if dual != "scalar":
+        options = {"seed": seed, **(dual_options or {})}
+        multipliers = LagrangianDual(dual, train_rows, lambda0=lambda0, step=step, **options)
     state = {
         "epoch": 0,
         "multiplier": lambda0 if ldf else 0.0,
@@ -341,6 +568,8 @@ def train_ldf(
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         state = resume["state"]
+        if multipliers is not None:
+            multipliers.load_state_dict(state["dual"])
         print(
             f"resuming from {os.path.join(out, 'last.pt')} at epoch {state['epoch']} "
             f"(multiplier {state['multiplier']:.4g})"
@@ -355,6 +584,8 @@ def train_ldf(
             **saved,
             **extra,
         }
+        if multipliers is not None:
+            checkpoint["dual"] = multipliers.state_dict()
         atomic_torch_save(checkpoint, os.path.join(out, name))
 
     def diverged(what):
@@ -365,6 +596,9 @@ def train_ldf(
         )
 
     train_rows = np.asarray(train_rows)
+    if multipliers is not None and "dual" not in state:
+        state["dual"] = multipliers.state_dict()
+        state.update(multipliers.summary())
     bar = tqdm(total=epochs, initial=state["epoch"], desc=f"train ({select})", unit="epoch")
     for epoch in range(state["epoch"], epochs):
         if state["since_best"] >= patience:  # also when resuming a run that stopped early
@@ -372,11 +606,16 @@ def train_ldf(
             break
         started = time.perf_counter()
         sums = np.zeros(3)  # loss * rows, label loss, violation over the epoch
+        seen = {}  # per-instance violations of the epoch's batches (without training_violations)
         perm = np.random.default_rng([seed, epoch]).permutation(train_rows)
         for start in range(0, len(perm) - 1, batch_size):  # (batch norm needs two rows)
             rows = np.sort(perm[start : start + batch_size])
             model.train()
-            loss, label, violation = batch_loss(rows, state["multiplier"])
+            if multipliers is None:
+                loss, label, violation = batch_loss(rows, state["multiplier"])
+            else:
+                objective, label, violation = batch_loss(rows, 0.0)
+                loss = multipliers.primal_loss(objective, violation, rows)
             if not torch.isfinite(loss):
                 raise diverged(f"the loss became {loss.item()}")
             optimizer.zero_grad(set_to_none=True)
@@ -384,6 +623,9 @@ def train_ldf(
             if max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()
+            if multipliers is not None:
+                multipliers.after_batch(violation, rows)
+                seen.update(zip(rows.tolist(), violation.detach().tolist(), strict=True))
             sums += [loss.item() * len(rows), label.sum().item(), violation.sum().item()]
         val = validate()
         label_val = np.asarray(val["label_loss"], dtype=np.float64)
@@ -391,9 +633,19 @@ def train_ldf(
         values = {"ar": float(val["ar"]), "loss": mu_loss(label_val, nu_val, state["multiplier"])}
         for mu in mus:
             values[f"mu{mu:g}"] = mu_loss(label_val, nu_val, mu)
-        if ldf:  # Algorithm 1: one subgradient step per epoch on the training set's violations
+        if ldf and multipliers is None:  # Algorithm 1: one subgradient step per epoch
             total = sums[2] if violation_sum is None else violation_sum()
             state["multiplier"] = subgradient_step(state["multiplier"], step, total)
+        elif multipliers is not None:
+            if training_violations is not None:
+                nu_train = np.asarray(training_violations(), dtype=np.float64)
+            else:  # an instance a last odd-sized batch skipped keeps its lambda_i this epoch
+                nu_train = np.array([seen.get(row, 0.0) for row in train_rows.tolist()])
+            multipliers.after_epoch(nu_train)
+            state.update(multipliers.summary())
+            state["dual"] = multipliers.state_dict()
+            if not multipliers.is_finite():
+                raise diverged("the multipliers became non-finite")
         if not checkpoint_is_finite(model, state["multiplier"]):
             raise diverged("the weights or the multiplier became non-finite")
         state["epoch"] = epoch + 1
@@ -405,6 +657,7 @@ def train_ldf(
             "label_loss": sums[1] / n_train,
             "violation": sums[2] / n_train,
             "multiplier": state["multiplier"],
+            **{k: v for k, v in state.items() if k.startswith("multiplier_")},
             "seconds": state["train_seconds"],
             **{f"val_{name}": value for name, value in values.items()},
             **{

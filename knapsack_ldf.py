@@ -42,6 +42,7 @@ LABEL_CHUNK = 500  # instances per label file: the unit of resuming
 EVAL_SEED_OFFSET = 7  # fresh instances of other sizes (--eval-items) are drawn with seed + 7
 SPLIT_SEED_OFFSET = 1  # the train/val/test shuffle is drawn with seed + 1
 QUINTILES = 5
+TRAIN_SHARE = 0.8  # the 80 of the 80/10/10 split
 
 # The thesis' selected hyper-parameters (section 3.3), used where a flag is not given.
 THESIS_SETTINGS = {
@@ -220,6 +221,28 @@ def parse_args(argv=None):
         help="initial multiplier (thesis: 1)",
     )
     g.add_argument(
+        "--dual",
+        choices=common.DUALS,
+        default="scalar",
+        help="the multipliers (beyond the thesis but scalar): scalar (the thesis' one lambda, "
+        "Algorithm 1); per-instance (one lambda_i per training instance, lambda_i += step * its "
+        "own violation once an epoch); augmented (the same lambda_i, raised by rho * nu_i, and "
+        "rho/2 * nu_i^2 in the loss); dual-net (a network maps the instance's inputs to lambda, "
+        "trained by ascent on the Lagrangian; primal-dual learning)",
+    )
+    g.add_argument(
+        "--rho",
+        type=common.positive_float,
+        help="--dual augmented: penalty rho of the augmented Lagrangian, also the multiplier "
+        "step (the method of multipliers); default: the per-instance step",
+    )
+    g.add_argument(
+        "--dual-lr",
+        type=common.positive_float,
+        default=common.DUAL_NET_LR,
+        help="--dual dual-net: Adam learning rate of the dual network",
+    )
+    g.add_argument(
         "--max-grad-norm",
         type=common.nonnegative_float,
         help="clip the gradient norm to this, 0: no clipping "
@@ -365,6 +388,12 @@ def check_args(parser, args, argv):
         parser.error("--pretrained trains the LDF model from a checkpoint; drop --model fc")
     if args.model == "fc" and "--step" in given:
         parser.error("--step moves the LDF multiplier: the fc model has none")
+    if args.dual != "scalar" and args.model != "ldf":
+        parser.error(f"--dual {args.dual} moves LDF multipliers: needs --model ldf")
+    if "--rho" in given and args.dual != "augmented":
+        parser.error("--rho is the augmented Lagrangian's penalty: add --dual augmented")
+    if "--dual-lr" in given and args.dual != "dual-net":
+        parser.error("--dual-lr trains the dual network: add --dual dual-net")
     if args.distribution == "similar-weights" and "--range" in given:
         parser.error("--distribution similar-weights has fixed ranges: drop --range")
     min_range = MIN_RANGE.get(args.distribution, 0)
@@ -381,6 +410,12 @@ def check_args(parser, args, argv):
     if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
         parser.error(f"--device {args.device!r}: expected auto, cpu, cuda or cuda:N")
     settings = THESIS_SETTINGS[model_kind(vars(args))]
+    if args.dual in ("per-instance", "augmented") and args.step is None:
+        # one lambda_i per instance: the thesis' step times the training instances, so that the
+        # mean lambda_i moves as the thesis' lambda does when every instance is violated alike
+        args.step = settings["step"] * int(TRAIN_SHARE * args.instances)
+    if args.dual == "augmented" and args.rho is None:
+        args.rho = args.step
     for name in ("lr", "step", "max_grad_norm"):
         if getattr(args, name) is None:
             setattr(args, name, settings[name])
@@ -419,6 +454,8 @@ def run_name(cfg):
         name += "-labelfree"
     if cfg.get("arch", "fc") == "set":
         name += "-set"
+    if cfg.get("dual", "scalar") != "scalar":
+        name += "-" + cfg["dual"]
     return name
 
 
@@ -539,7 +576,7 @@ def make_instances(
 def split(n_instances, seed):
     """Seeded shuffle into 80/10/10 train/val/test index arrays."""
     perm = np.random.default_rng(seed + SPLIT_SEED_OFFSET).permutation(n_instances)
-    n_train, n_train_val = int(0.8 * n_instances), int(0.9 * n_instances)
+    n_train, n_train_val = int(TRAIN_SHARE * n_instances), int(0.9 * n_instances)
     return {
         "train": np.sort(perm[:n_train]),
         "val": np.sort(perm[n_train:n_train_val]),
@@ -1206,9 +1243,12 @@ def train(args, data, out):
             "violated": (metrics["nu"] > 0).mean(),
         }
 
-    def training_violation_sum():  # Algorithm 1: hard-rounded predictions of the training set
+    def training_violations():  # Algorithm 1: hard-rounded predictions of the training set
         xhat = (predict(model, x_norm[train_rows], bf16) > 0).float()
-        return violation(xhat, w[train_rows], capacity[train_rows], args.violation).sum().item()
+        return violation(xhat, w[train_rows], capacity[train_rows], args.violation)
+
+    def training_violation_sum():
+        return training_violations().sum().item()
 
     mu_names = [f"mu{mu:g}" for mu in args.mu]
     track = ["ar", "loss"] + (mu_names if ldf else [])  # the thesis' stopping criteria
@@ -1237,9 +1277,21 @@ def train(args, data, out):
             fingerprint=resume_fingerprint(config),
             resume=resume,
             violation_sum=training_violation_sum if ldf else None,
+            dual=args.dual,
+            dual_options=dual_options(args, x_norm),
+            training_violations=(lambda: training_violations().cpu().numpy()) if ldf else None,
         )
     except common.TrainingDiverged as err:
         raise SystemExit(f"{err}") from None
+
+
+def dual_options(args, x_norm):
+    """common.LagrangianDual's keywords for --dual: rho, or the dual network's inputs and lr."""
+    if args.dual == "augmented":
+        return {"rho": args.rho}
+    if args.dual == "dual-net":
+        return {"features": x_norm, "dual_lr": args.dual_lr}
+    return {}
 
 
 # Settings that may change between a run and its resumption (they do not change what is learnt).
@@ -1271,6 +1323,9 @@ def resume_fingerprint(config):
     fingerprint = {k: v for k, v in config.items() if k not in RESUME_FREE}
     if fingerprint.get("distribution") == "uncorrelated":
         del fingerprint["distribution"]  # runs from before --distribution (all uncorrelated) resume
+    if fingerprint.get("dual", "scalar") == "scalar":  # runs from before --dual resume
+        for name in ("dual", "rho", "dual_lr"):
+            fingerprint.pop(name, None)
     return {"problem": "knapsack"} | fingerprint
 
 
@@ -1600,7 +1655,7 @@ def report(
     config = checkpoint["config"]
     thesis_data = config.get("value_range") == THESIS_VALUE_RANGE
     thesis_data &= config.get("distribution", "uncorrelated") == "uncorrelated"
-    thesis_name = name if thesis_data else None
+    thesis_name = run_name({**config, "dual": "scalar"}) if thesis_data else None
     md = print_tables(title, name, result, thesis_name)
     for n, other in eval_data:
         every = np.arange(len(other["w"]))

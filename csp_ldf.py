@@ -2282,7 +2282,16 @@ def train(args, ds, run_dir):
                 "retrain it on these labels"
             )
     cfg = {**vars(args), **({k: pre["config"][k] for k in ARCH} if pre else {})}
+    if ldf and args.dual in PER_INSTANCE_DUALS and args.step is None:
+        # one lambda_i per scenario: the thesis' step times the training scenarios, so that their
+        # mean moves as the thesis' lambda_b does when every scenario is violated alike
+        cfg["step"] = STEP * len(idx["train"])
+    if ldf and args.dual == "augmented" and args.rho is None:
+        cfg["rho"] = cfg["step"]
+    step = cfg["step"] if ldf else STEP
     fingerprint = {"problem": "csp", "model": args.model, "scenarios": scen}
+    if ldf and args.dual != "scalar":  # (scalar runs keep the fingerprint of before --dual)
+        fingerprint.update(dual=args.dual, step=step, rho=cfg["rho"], dual_lr=args.dual_lr)
     resume = common.resume_checkpoint(run_dir, fingerprint, args.fresh)
     n_series = len(INPUT_SERIES)
     raw = inputs(ds, dict(mean=np.zeros(n_series), std=np.ones(n_series))).numpy()[idx["train"]]
@@ -2320,6 +2329,11 @@ def train(args, ds, run_dir):
         }
 
     select = f"mu{args.mu:g}" if ldf else "ar"
+    dual_options = {}
+    if args.dual == "augmented":
+        dual_options = {"rho": cfg["rho"]}
+    elif args.dual == "dual-net":  # the dual network reads the scenario's input series
+        dual_options = {"features": x.flatten(1), "dual_lr": args.dual_lr}
     try:
         _, selected = common.train_ldf(
             model,
@@ -2334,7 +2348,7 @@ def train(args, ds, run_dir):
             batch_size=args.batch_size,
             max_grad_norm=args.max_grad_norm,  # (the thesis' misspelt config key never clipped)
             lambda0=args.lambda0,
-            step=args.step,  # eq. 20: lambda_b += step * sum of nu_b over the epoch's batches
+            step=step,  # eq. 20: lambda_b += step * sum of nu_b over the epoch's batches
             mus=[args.mu],
             select=select,
             track=[select],
@@ -2342,6 +2356,8 @@ def train(args, ds, run_dir):
             saved={"norm": norm, "config": cfg, "scenarios": scen},
             fingerprint=fingerprint,
             resume=resume,
+            dual=args.dual if ldf else "scalar",
+            dual_options=dual_options,
         )
     except common.TrainingDiverged as err:
         raise SystemExit(str(err)) from None
@@ -3230,12 +3246,14 @@ EPILOG = """examples (see README):
   python csp_ldf.py --mode evaluate --checkpoints fc=fc.pt ldf=ldf.pt   # Tables 7-9"""
 
 # the networks' numeric options: name, type, default, help
+STEP = 1e-3  # the thesis' subgradient step of lambda_b (eq. 20)
+PER_INSTANCE_DUALS = ("per-instance", "augmented")  # one lambda_i per training scenario
 NETWORK_OPTIONS = (
     ("epochs", positive_int, 30, ""),
     ("patience", positive_int, 10, "epochs without a better selection value"),
     ("batch-size", positive_int, 16, ""),
     ("lr", positive_float, 1e-3, "Adam (thesis 1e-3)"),
-    ("step", nonnegative_float, 1e-3, "subgradient step of lambda_b, eq. 20 (thesis 1e-3)"),
+    ("step", nonnegative_float, STEP, "subgradient step of lambda_b, eq. 20 (thesis 1e-3)"),
     ("lambda0", nonnegative_float, 0.0, "initial lambda_b"),
     ("max-grad-norm", nonnegative_float, 1.0, "gradient clipping (thesis 1; 0 = off)"),
     ("k", positive_float, 20.0, "sharpness of the one-hot surrogate, eq. 16"),
@@ -3273,6 +3291,9 @@ OPTION_MODES = {
     "time_limit": SOLVING,
     "threads": SOLVING,
     "model": ("train",),
+    "dual": ("train",),
+    "rho": ("train",),
+    "dual_lr": ("train",),
     "pretrained": ("train",),
     "save": ("train",),
     "fresh": ("train",),
@@ -3283,7 +3304,7 @@ OPTION_MODES = {
     "bf16": READING_LABELS,
     "torch_threads": READING_LABELS,
 }
-LDF_ONLY = ("step", "lambda0", "k", "mu")  # the fc model has no multiplier and no nu_b
+LDF_ONLY = ("step", "lambda0", "k", "mu", "dual", "rho", "dual_lr")  # fc: no multiplier, no nu_b
 SERIES_SLOTS = NOVEMBER_DAYS * DAY  # the networks' input length
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
@@ -3335,6 +3356,12 @@ def check_args(p, args, given):
     ldf_only = sorted(flag(d) for d in given & set(LDF_ONLY))
     if args.mode == "train" and model == "fc" and ldf_only:
         p.error(f"{', '.join(ldf_only)}: the LDF model's settings; the fc model has no multiplier")
+    if "rho" in given and args.dual != "augmented":
+        p.error("--rho is the augmented Lagrangian's penalty: add --dual augmented")
+    if "dual_lr" in given and args.dual != "dual-net":
+        p.error("--dual-lr trains the dual network: add --dual dual-net")
+    if args.dual in PER_INSTANCE_DUALS and "step" not in given:
+        args.step = None  # train(): STEP x the training scenarios
     architecture = sorted(flag(d) for d in given & set(ARCH))
     if args.pretrained and architecture:
         p.error(
@@ -3467,6 +3494,27 @@ def parse_args(argv=None):
             default=kind(str(default)),
             help=f"{what} (default {default})".lstrip(),
         )
+    t.add_argument(
+        "--dual",
+        choices=common.DUALS,
+        default="scalar",
+        help="LDF's multipliers: scalar (the thesis' one lambda_b, default); per-instance (one\n"
+        "lambda_i per training scenario, raised by its own violation; --step default: 1e-3 x\n"
+        "the training scenarios); augmented (the same, plus rho/2 nu^2 in the loss and steps of\n"
+        "rho); dual-net (a network maps the scenario's input series to lambda; primal-dual)",
+    )
+    t.add_argument(
+        "--rho",
+        type=positive_float,
+        help="--dual augmented: the penalty rho, also the multipliers' step (default: --step)",
+    )
+    t.add_argument(
+        "--dual-lr",
+        type=positive_float,
+        default=common.DUAL_NET_LR,
+        help=f"--dual dual-net: Adam learning rate of the dual network (default "
+        f"{common.DUAL_NET_LR:g})",
+    )
     t.add_argument(
         "--decode",
         nargs="+",

@@ -166,6 +166,39 @@ def test_tiny_fc_then_ldf_end_to_end(ds, tmp_path, capsys, monkeypatch):
     assert "| ldf | repaired |" in C.markdown(r)
 
 
+@pytest.mark.parametrize("dual", ["per-instance", "augmented", "dual-net"])
+def test_ldf_dual_variants_train_and_resume(ds, tmp_path, dual):
+    """--dual beyond the thesis' scalar on the CSP: the multipliers of the training scenarios
+    (or the dual network's, for every scenario) stay >= 0 and move; a resumed run goes on from the
+    dual state of its last.pt; a last.pt of another variant is refused."""
+    fc = C.parse_args(
+        ["--model", "fc", "--epochs", "1", "--run-dir", str(tmp_path / "fc"),
+         "--save", str(tmp_path / "fc.pt"), *TINY_ARCH, *TINY_TRAINING]
+    )  # fmt: skip
+    C.train(fc, ds, tmp_path / "fc")
+    (tmp_path / "fc.pt").write_bytes((tmp_path / "fc" / "best_ar.pt").read_bytes())
+    run = ["--pretrained", str(tmp_path / "fc.pt"), "--run-dir", str(tmp_path / "ldf")]
+    ldf = C.parse_args([*run, "--epochs", "1", "--dual", dual, *TINY_TRAINING])
+    n_train = len(ds["split"]["train"])
+    per_instance = dual in C.PER_INSTANCE_DUALS  # step resolved in train: STEP x scenarios
+    assert ldf.step is None if per_instance else ldf.step == C.STEP
+    C.train(ldf, ds, tmp_path / "ldf")
+    last = torch.load(tmp_path / "ldf" / "last.pt", weights_only=False)
+    assert last["fingerprint"]["dual"] == dual
+    if per_instance:
+        assert last["fingerprint"]["step"] == pytest.approx(C.STEP * n_train)
+    assert "dual" in last and "dual" in last["state"]
+    first = last["state"]["history"][-1]
+    assert first["multiplier_min"] >= 0 and first["multiplier_max"] > 0
+    ldf.epochs = 2
+    C.train(ldf, ds, tmp_path / "ldf")
+    resumed = torch.load(tmp_path / "ldf" / "last.pt", weights_only=False)
+    assert resumed["state"]["epoch"] == 2 and resumed["state"]["history"][0] == first
+    other = "augmented" if dual != "augmented" else "per-instance"
+    with pytest.raises(SystemExit, match="other settings"):
+        C.train(C.parse_args([*run, "--epochs", "3", "--dual", other]), ds, tmp_path / "ldf")
+
+
 def test_conv2d_features_are_the_thesis_conv1d_and_bf16_inference_agrees(ds):
     """The (1, k) Conv2d on a channels-last input is the thesis' Conv1d stack; --bf16 inference
     moves few argmaxes."""

@@ -5,6 +5,7 @@ v/w is weak. Two Markdown tables, printed (and appended to --out):
     python bench/knapsack_classes.py greedy --ranges 10000 --out bench/knapsack_classes.md
     python bench/knapsack_classes.py networks --ranges 1000000 --out bench/knapsack_classes.md
     python bench/knapsack_classes.py transfer --ranges 1000000 --out bench/knapsack_classes.md
+    python bench/knapsack_classes.py exact --ranges 1000000 --out bench/knapsack_classes.md
 
 solvers: per class and R, --instances instances (seed 0, alpha = W/sum(w) spread over (0, 1)),
 solved one after another in this process by OR-Tools' branch and bound (knapsack_ldf's
@@ -21,11 +22,19 @@ networks: per class at the first of --ranges, the thesis' FC (`--model fc`, --fc
 LDF set model (`--arch set`, --set-epochs) trained by knapsack_ldf.py on --instances instances
 (80/10/10; runs under --runs), and their test split: AR and % violated raw, repaired and repaired +
 swaps (knapsack_ldf.improve_by_swaps), beside greedy and greedy + swaps, with ms per instance (the
-networks batched, decoders included) and the exact solver's. Every row is evaluated and timed again
+networks batched, decoders included) and the exact solver's (--exact-solver, default the C++
+solver "combo", whatever solver made the cached labels). Every row is evaluated and timed again
 in this process after the training: the exact solver re-solves the test split one instance at a
 time, so no time comes from training runs or parallel label workers. "goal" checks issue 12 on
 the classes where greedy is weak: a decode at 0 % violated with at most half of greedy's AR - 1, at
 least 10x faster than the exact solver.
+
+exact: the networks table's "exact ms" column alone, side by side: per class at the first of
+--ranges, the test split of the networks table's instances (labels made or found under
+--data-dir; no network is trained), the first --timed of them re-solved one after another in
+this process by each of --exact-solvers (default the C++ solver and solve_core): mean (largest)
+ms per instance (--clock: wall clock or CPU time of this thread), and solve_core's time over the
+C++ solver's.
 
 transfer: the set model the networks table trained on --train-class, evaluated without
 retraining on fresh instances (--instances // 3, seed + 7) of every class at n = 100, 500 and 1000:
@@ -71,12 +80,15 @@ def load_text():
     return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
-def time_solver(solve, w, v, capacity, time_limit):
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def time_solver(solve, w, v, capacity, time_limit, clock=time.perf_counter):
     """ms per instance of each solved instance, and the number not proven within the limit
     (it stops after GIVE_UP of them)."""
     times, failed = [], 0
     for i in range(len(w)):
-        started = time.perf_counter()
+        started = clock()
         try:
             solve(w[i], v[i], capacity[i], time_limit)
         except ks.LabelTimeout:
@@ -84,7 +96,7 @@ def time_solver(solve, w, v, capacity, time_limit):
             if failed == GIVE_UP:
                 break
             continue
-        times.append(1000 * (time.perf_counter() - started))
+        times.append(1000 * (clock() - started))
     return np.array(times), failed
 
 
@@ -200,11 +212,11 @@ def timed_afresh(args, distribution, value_range, checkpoints):
     label_args = ks.parse_args(class_flags(args, distribution, value_range) + ["--labels-only"])
     data = ks.load_data(label_args)
     rows = data["split"]["test"]
-    solve = LABEL_SOLVERS[data["solver"]]
+    solve = LABEL_SOLVERS[args.exact_solver]
     w, v, capacity = data["w"][rows], data["v"][rows], data["capacity"][rows]
     times, failed = time_solver(solve, w, v, capacity, label_args.time_limit)
     if failed:
-        raise SystemExit(f"{distribution}: the exact solver ({data['solver']}) failed again")
+        raise SystemExit(f"{distribution}: the exact solver ({args.exact_solver}) failed")
     results = {}
     for network, path in checkpoints.items():
         model, checkpoint = ks.load_model(path)
@@ -272,6 +284,47 @@ def networks_table(args):
     return "\n".join(lines)
 
 
+def exact_table(args):
+    """The networks table's exact column alone: its test split re-solved by each solver in turn."""
+    value_range = args.ranges[0]
+    solvers = args.exact_solvers
+    lines = [
+        f"Exact solvers on the networks table's test split at n = {ITEMS}, R = "
+        f"{power_of_ten(value_range)} ({args.instances} instances split 80/10/10; the first "
+        f"{args.timed or 'all'} test instances), one after another, one core: mean (largest) ms "
+        f"per instance ({args.clock} time)",
+        f"Started with {load_text()}.",
+        "",
+        "| class | instances | "
+        + " | ".join(f"{name} ms" for name in solvers)
+        + (" | core / combo |" if {"core", "combo"} <= set(solvers) else " |"),
+        "|---" * (2 + len(solvers) + ({"core", "combo"} <= set(solvers))) + "|",
+    ]
+    torch.set_num_threads(1)
+    for distribution in args.classes:
+        flags = class_flags(args, distribution, value_range) + ["--labels-only"]
+        label_args = ks.parse_args(flags)
+        data = ks.load_data(label_args)
+        rows = data["split"]["test"][: args.timed or None]
+        w, v, capacity = data["w"][rows], data["v"][rows], data["capacity"][rows]
+        means, cells = {}, []
+        for name in solvers:
+            LABEL_SOLVERS[name](w[0], v[0], capacity[0], None)  # a warm-up, not timed
+            times, failed = time_solver(
+                LABEL_SOLVERS[name], w, v, capacity, label_args.time_limit, CLOCKS[args.clock]
+            )
+            if failed:
+                raise SystemExit(f"{distribution}: {name} did not prove {failed} instances")
+            means[name] = times.mean()
+            cells.append(f"{times.mean():.3f} ({times.max():.2f})")
+        if {"core", "combo"} <= set(solvers):
+            cells.append(f"{means['core'] / means['combo']:.0f}x")
+        lines.append(f"| {distribution} | {len(rows)} | " + " | ".join(cells) + " |")
+        print(lines[-1], file=sys.stderr)
+    lines += ["", f"Ended with {load_text()}."]
+    return "\n".join(lines)
+
+
 def transfer_table(args):
     """The set model of one class and n = 500 on other classes and sizes, without retraining."""
     value_range = args.ranges[0]
@@ -311,8 +364,15 @@ TABLES = {
     "greedy": greedy_table,
     "networks": networks_table,
     "transfer": transfer_table,
+    "exact": exact_table,
 }
-DEFAULT_INSTANCES = {"solvers": 24, "greedy": 300, "networks": 5000, "transfer": 5000}
+DEFAULT_INSTANCES = {
+    "solvers": 24,
+    "greedy": 300,
+    "networks": 5000,
+    "transfer": 5000,
+    "exact": 5000,
+}
 
 
 def main(argv=None):
@@ -330,6 +390,26 @@ def main(argv=None):
     p.add_argument("--fc-epochs", type=int, default=30)
     p.add_argument("--set-epochs", type=int, default=10)
     p.add_argument("--train-class", default="strongly-correlated", choices=ks.DISTRIBUTIONS)
+    p.add_argument(
+        "--exact-solver",
+        default="combo",
+        choices=list(LABEL_SOLVERS),
+        help="networks: the solver of the exact ms column",
+    )
+    p.add_argument(
+        "--exact-solvers",
+        nargs="+",
+        default=["combo", "core"],
+        choices=list(LABEL_SOLVERS),
+        help="exact: the solvers timed side by side",
+    )
+    p.add_argument("--timed", type=int, default=0, help="exact: test instances timed (0: all)")
+    p.add_argument(
+        "--clock",
+        choices=list(CLOCKS),
+        default="wall",
+        help="exact: wall clock, or CPU time of this thread (leaves out waiting for a core)",
+    )
     args = p.parse_args(argv)
     if args.instances is None:
         args.instances = DEFAULT_INSTANCES[args.table]

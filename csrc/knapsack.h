@@ -5,6 +5,11 @@
 // as the op ldf_ip::knapsack_exact), so that it can be compiled and tried on its own.
 //
 // The problem: maximise sum p_j x_j subject to sum w_j x_j <= c, x_j in {0, 1}, integer data.
+// Before anything else (both exact reductions, see solve):
+//   * identical items (same weight and profit) are bundled by binary splitting where that leaves
+//     at most a quarter of the items (the spanner classes: a few dozen kinds);
+//   * if every item is a multiple of one of at most two (weight, profit) ratios (the spanner
+//     classes), the problem is a subset-sum over the multiples of each ratio, solved by bitsets.
 // The algorithm, per (sub)problem ("level"):
 //   * items sorted by falling efficiency e_j = p_j / w_j (exact: p_i w_j vs p_j w_i in 128 bits);
 //     the break item b is the first that does not fit; the break solution takes items 0..b-1.
@@ -28,6 +33,10 @@
 //   * cardinality bounds (combo): every solution worth z + 1 takes between k_min and k_max items;
 //     the Lagrangian relaxation of these constraints with the LP bound gives an upper bound that
 //     may prove z optimal long before the core is exhausted (strongly correlated data).
+//   * pairing, the cardinality bound and the surrogate relaxation are amortised: each runs again
+//     only once the core has handled states in proportion to its cost (measured, for the bound
+//     and the surrogate); items fixed by Dembo-Hammer are not tested again (z only grows); z at
+//     the LP bound stops the search at once.
 //   * solution vectors (minknap): a state keeps only its last 64 core decisions; if the best state
 //     depends on earlier ones, the items of those decisions form a smaller knapsack whose optimum
 //     is known, solved the same way (each such level has at least 64 items fewer).
@@ -39,7 +48,9 @@
 #include <chrono>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 namespace ldf_ip {
@@ -63,11 +74,19 @@ constexpr i64 kMaxSum = i64(1) << 62;  // sums of weights, of profits: exact bou
 constexpr size_t kMaxStates = size_t(1) << 22;  // about 100 MB of states per thread
 constexpr int kVectorBits = 64;                 // core decisions a state remembers
 constexpr size_t kPairingStates = 1000;         // pairing once there are more states than this
-constexpr int kPairingPeriod = 1;               // ... every this many core steps
+constexpr u64 kPairingWorkPerItem = 4;  // ... when the core has handled this many states per item
+                                        // since the last pairing
+constexpr u64 kBoundCostDivisor = 8;  // the cardinality bound again after 1/this of its cost
+                                      // (items its LP passes went through) in core states
 constexpr int kBlockItems = 32;                 // items next to the core in block pairing
 constexpr size_t kCardinalityStates = 1000;     // the cardinality bound beyond this many states
-constexpr size_t kSurrogateStates = 4000;  // the surrogate relaxation beyond this many states
+constexpr size_t kSurrogateStates = 2000;  // the surrogate relaxation beyond this many states
 constexpr int kSurrogateDepth = 1;         // surrogate problems are not relaxed again
+constexpr size_t kMaxRatios = 2;  // solve_by_ratios: at most this many (w, p) / gcd
+constexpr size_t kMaxRatioWords = size_t(1) << 18;  // ... and bitsets of at most this many words
+constexpr size_t kBundleShare = 4;  // identical items bundled where kinds <= items / this
+constexpr size_t kHashLoad = 2;  // count_kinds: table slots per item, at least
+constexpr u64 kHashMultiplier = 0x9E3779B97F4A7C15ull;  // Fibonacci hashing: 2^64 / golden ratio
 constexpr i64 kNoTarget = std::numeric_limits<i64>::min();
 
 struct Item {
@@ -78,6 +97,40 @@ struct Item {
 struct State {
   i64 w, p;
   u64 vect;  // bit k: whether the k-th most recent core item is toggled against the break solution
+};
+
+// A list of states in a buffer that only grows: the merge of add_to_core writes up to twice the
+// states of the list before it, and a std::vector's resize would zero-fill them first.
+class StateList {
+ public:
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  State& operator[](size_t i) { return buf_[i]; }
+  const State& operator[](size_t i) const { return buf_[i]; }
+  State* data() { return buf_.get(); }
+  const State* data() const { return buf_.get(); }
+  void assign_one(const State& state) {
+    reserve(1);
+    buf_[0] = state;
+    size_ = 1;
+  }
+  // room for n states; the contents are lost
+  void reserve(size_t n) {
+    if (n > capacity_) {
+      capacity_ = std::max(n, 2 * capacity_);
+      buf_.reset(new State[capacity_]);
+    }
+  }
+  void set_size(size_t n) { size_ = n; }
+  void swap(StateList& other) {
+    std::swap(buf_, other.buf_);
+    std::swap(size_, other.size_);
+    std::swap(capacity_, other.capacity_);
+  }
+
+ private:
+  std::unique_ptr<State[]> buf_;
+  size_t size_ = 0, capacity_ = 0;
 };
 
 class Deadline {
@@ -189,6 +242,9 @@ class CardinalityBound {
     return std::min(below, at);
   }
 
+  // Items the LP relaxations have gone through so far: the cost of the bounds.
+  u64 work() const { return work_; }
+
   // The multiplier of the last bound, and its cardinality (k_max if >= 0, else k_min).
   i128 multiplier() const { return last_; }
   i64 cardinality() const { return k_of(last_); }
@@ -223,6 +279,7 @@ class CardinalityBound {
 
   // The LP relaxation with profits p - lambda, by weighted quickselect: expected linear time.
   Lp solve_lp(i128 lambda) {
+    work_ += items_->size();
     buf_.clear();
     for (const Item& it : *items_) {
       const i128 q = i128(it.p) - lambda;
@@ -282,6 +339,7 @@ class CardinalityBound {
   i128 last_ = 0;
   bool have_last_ = false;
   bool ready_ = false;
+  u64 work_ = 0;
 };
 
 class Solver {
@@ -306,11 +364,16 @@ class Solver {
     }
     if (sum_w >= kMaxSum || sum_p >= kMaxSum) return kTooLarge;
     c = i64(std::min<i128>(c, sum_w));  // keeps every bound product within 128 bits
+    bundle_identical(items);
     std::vector<int32_t> taken;
     i64 value = 0;
-    const Status status = solve_level(std::move(items), c, kNoTarget, taken, value);
+    const Status status = solve_by_ratios(items, c, taken)
+                              ? kOptimal
+                              : solve_level(std::move(items), c, kNoTarget, taken, value);
     if (status != kOptimal) return status;
-    for (int32_t j : taken) x[j] = 1;
+    for (int32_t bundle : taken)
+      for (int32_t k = bundle_start_[bundle]; k < bundle_start_[bundle + 1]; ++k)
+        x[bundle_members_[k]] = 1;
     return kOptimal;
   }
 
@@ -324,6 +387,177 @@ class Solver {
     std::vector<int> extra;  // items outside the core toggled too (positions): pairing
     std::vector<char> full;  // not from a state: the solution (positions), empty for greedy
   };
+
+  // Identical items (same weight and profit: the spanner classes have a few dozen kinds among
+  // hundreds of items) are bundled by binary splitting: q copies become bundles of 1, 2, 4, ...
+  // copies and a remainder, whose subsets take every count 0..q of the copies, so the optimum is
+  // the same with far fewer items. A bundle's weight and profit are sums of the items', below
+  // kMaxSum. Afterwards items[k].index is bundle k, whose items are bundle_members_[
+  // bundle_start_[k] .. bundle_start_[k + 1]).
+  void bundle_identical(std::vector<Item>& items) {
+    auto same = [](const Item& a, const Item& b) { return a.w == b.w && a.p == b.p; };
+    bundle_members_.clear();
+    bundle_start_.clear();
+    const size_t kinds = count_kinds(items);
+    // a bundle counts as one item in the cardinality bound, which is then weaker: bundles only
+    // where they save many items
+    if (kinds * kBundleShare > items.size()) {  // each item its own bundle: no sort needed
+      for (size_t k = 0; k < items.size(); ++k) {
+        bundle_start_.push_back(int32_t(k));
+        bundle_members_.push_back(items[k].index);
+        items[k].index = int32_t(k);
+      }
+      bundle_start_.push_back(int32_t(items.size()));
+      return;
+    }
+    std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
+      return a.w != b.w ? a.w < b.w : (a.p != b.p ? a.p < b.p : a.index < b.index);
+    });
+    bundle_start_.assign(1, 0);
+    std::vector<Item> bundles;
+    for (size_t first = 0; first < items.size();) {
+      size_t last = first + 1;
+      while (last < items.size() && same(items[first], items[last])) ++last;
+      i64 left = i64(last - first), size = 1;
+      size_t member = first;
+      while (left > 0) {
+        const i64 take = std::min(size, left);
+        bundles.push_back({items[first].w * take, items[first].p * take,
+                           int32_t(bundle_start_.size() - 1)});
+        for (i64 k = 0; k < take; ++k) bundle_members_.push_back(items[member++].index);
+        bundle_start_.push_back(int32_t(bundle_members_.size()));
+        left -= take;
+        size *= 2;
+      }
+      first = last;
+    }
+    items = std::move(bundles);
+  }
+
+  // Few ratios (the spanner classes: every item is a multiple of one of two "spanner" items):
+  // item j is m_j times (w0, p0), the weight and profit divided by their gcd. If all items have
+  // one of at most kMaxRatios such (w0, p0), a solution is worth only its sum M_r of the m_j
+  // of each ratio r, and it can take any sum that a subset of those m_j makes: an exact
+  // subset-sum over the m_j of each ratio (bitsets, one per item for the way back), then the
+  // best pair (M_1, M_2) with w0_1 M_1 + w0_2 M_2 <= c. Only where the bitsets stay small
+  // (kMaxRatioWords); returns whether it solved the problem (taken: the items, any order).
+  bool solve_by_ratios(const std::vector<Item>& items, i64 c, std::vector<int32_t>& taken) {
+    struct Ratio {
+      i64 w0, p0;
+      std::vector<int> members;  // positions in items
+      std::vector<i64> m;        // their multiples
+      i64 total = 0;
+    };
+    std::vector<Ratio> ratios;
+    for (size_t k = 0; k < items.size(); ++k) {
+      const i64 g = gcd64(items[k].w, items[k].p);
+      const i64 w0 = items[k].w / g, p0 = items[k].p / g;
+      size_t r = 0;
+      while (r < ratios.size() && (ratios[r].w0 != w0 || ratios[r].p0 != p0)) ++r;
+      if (r == ratios.size()) {
+        if (ratios.size() == kMaxRatios) return false;
+        ratios.push_back({w0, p0, {}, {}, 0});
+      }
+      ratios[r].members.push_back(int(k));
+      ratios[r].m.push_back(g);
+      ratios[r].total += g;
+    }
+    if (ratios.empty()) return false;
+    // sums above c / w0 never fit: the bitsets stop there
+    size_t words = 0;
+    for (Ratio& ratio : ratios) {
+      ratio.total = std::min(ratio.total, c / ratio.w0);
+      words += (ratio.members.size() + 1) * (size_t(ratio.total) / 64 + 1);
+    }
+    if (words > kMaxRatioWords) return false;
+    // reach[r][k]: the sums of ratio r that its first k members make (bit s: sum s)
+    std::vector<std::vector<std::vector<u64>>> reach(ratios.size());
+    for (size_t r = 0; r < ratios.size(); ++r) {
+      const size_t n_words = size_t(ratios[r].total) / 64 + 1;
+      const size_t top = size_t(ratios[r].total) % 64;  // no sums above the total
+      const u64 top_mask = top == 63 ? ~u64(0) : (u64(1) << (top + 1)) - 1;
+      std::vector<u64> bits(n_words, 0);
+      bits[0] = 1;
+      reach[r].push_back(bits);
+      for (i64 shift : ratios[r].m) {
+        if (shift <= ratios[r].total) {
+          const size_t word_shift = size_t(shift / 64), bit_shift = size_t(shift % 64);
+          for (size_t i = n_words; i-- > word_shift;) {  // bits |= bits << shift, top down
+            u64 moved = bits[i - word_shift] << bit_shift;
+            if (bit_shift != 0 && i > word_shift)
+              moved |= bits[i - word_shift - 1] >> (64 - bit_shift);
+            bits[i] |= moved;
+          }
+          bits[n_words - 1] &= top_mask;
+        }
+        reach[r].push_back(bits);
+      }
+    }
+    auto has = [](const std::vector<u64>& bits, i64 sum) {
+      return ((bits[size_t(sum) / 64] >> (sum % 64)) & 1) != 0;
+    };
+    // the best sums: for each sum of the first ratio, the largest of the second that fits
+    const Ratio& first = ratios[0];
+    const std::vector<u64>& all_first = reach[0].back();
+    std::vector<i64> largest;  // largest[x]: the largest sum <= x of the second ratio
+    if (ratios.size() == 2) {
+      largest.assign(size_t(ratios[1].total) + 1, 0);
+      for (i64 x = 0; x <= ratios[1].total; ++x)
+        largest[x] = has(reach[1].back(), x) ? x : (x > 0 ? largest[x - 1] : 0);
+    }
+    i128 best_value = -1;
+    i64 best_sum[kMaxRatios] = {};
+    for (i64 sum = 0; sum <= first.total; ++sum) {
+      if (!has(all_first, sum)) continue;
+      i128 value = i128(sum) * first.p0;
+      i64 other = 0;
+      if (ratios.size() == 2) {
+        const i64 room = (c - sum * first.w0) / ratios[1].w0;
+        other = largest[size_t(std::min(room, ratios[1].total))];
+        value += i128(other) * ratios[1].p0;
+      }
+      if (value > best_value) {
+        best_value = value;
+        best_sum[0] = sum;
+        if (ratios.size() == 2) best_sum[1] = other;
+      }
+    }
+    // the way back: member k is taken where the sum left is not made without it
+    for (size_t r = 0; r < ratios.size(); ++r) {
+      i64 left = best_sum[r];
+      for (size_t k = ratios[r].members.size(); k-- > 0;) {
+        if (has(reach[r][k], left)) continue;
+        left -= ratios[r].m[k];
+        taken.push_back(items[ratios[r].members[k]].index);
+      }
+      if (left != 0) return false;  // cannot happen: the sum was reachable
+    }
+    return true;
+  }
+
+  // The number of different (weight, profit) among the items: open addressing, expected linear
+  // time.
+  size_t count_kinds(const std::vector<Item>& items) {
+    size_t size = 1;
+    while (size < kHashLoad * items.size()) size *= 2;
+    hash_.assign(size, -1);
+    size_t kinds = 0;
+    for (size_t k = 0; k < items.size(); ++k) {
+      const u64 key = u64(items[k].w) * kHashMultiplier ^ u64(items[k].p);
+      size_t at = size_t((key * kHashMultiplier) >> 32) & (size - 1);
+      bool seen = false;
+      while (hash_[at] >= 0 && !seen) {
+        const Item& other = items[hash_[at]];
+        seen = other.w == items[k].w && other.p == items[k].p;
+        at = (at + 1) & (size - 1);
+      }
+      if (!seen) {
+        hash_[at] = int32_t(k);
+        ++kinds;
+      }
+    }
+    return kinds;
+  }
 
   // One level: an optimal solution of items under capacity c (original indices into `taken`); with
   // a target, any solution worth at least target (the caller knows one exists and is optimal).
@@ -378,7 +612,7 @@ class Solver {
     std::vector<int> toggled;  // core items (positions) in the order they entered the core
     if (dantzig > z && !greedy_reaches_target) {
       const Status status =
-          expand_core(items, c, b, w_bar, p_bar, z, have_solution, best, toggled);
+          expand_core(items, c, b, w_bar, p_bar, dantzig, z, have_solution, best, toggled);
       if (status != kOptimal) return status;
     }
     if (!have_solution) return kInternalError;
@@ -396,13 +630,14 @@ class Solver {
     return lhs < 0;
   }
 
-  Status expand_core(const std::vector<Item>& items, i64 c, int b, i64 w_bar, i64 p_bar, i64& z,
-                     bool& have_solution, Incumbent& best, std::vector<int>& toggled) {
+  // dantzig: the LP bound of the level; z reaching it is optimal.
+  Status expand_core(const std::vector<Item>& items, i64 c, int b, i64 w_bar, i64 p_bar,
+                     i128 dantzig, i64& z, bool& have_solution, Incumbent& best,
+                     std::vector<int>& toggled) {
     const int m = int(items.size());
     const Item& brk = items[b];
-    cur_.assign(1, State{w_bar, p_bar, 0});
+    cur_.assign_one(State{w_bar, p_bar, 0});
     int s = b, t = b - 1;  // the core is s..t
-    int steps = 0;
     i64 bounded_at = kNoTarget;
     cardinality_ = CardinalityBound();
     // every item as efficient as every other (subset-sum data): block pairing pays off there
@@ -410,15 +645,30 @@ class Solver {
     const bool one_efficiency =
         i128(items.front().p) * items.back().w == i128(items.back().p) * items.front().w;
     // the first item from j on (rightwards / leftwards) not fixed by Dembo-Hammer; the items
-    // passed are fixed at their break-solution values for every solution better than z
+    // passed are fixed at their break-solution values for every solution better than z. z only
+    // grows, so an item once fixed stays fixed: items t + 1 .. fixed_right - 1 (and s - 1 down to
+    // fixed_left + 1) are known fixed and not tested again (j is always t + 1, resp. s - 1).
+    int fixed_right = t + 1, fixed_left = s - 1;
     auto free_right = [&](int j) {
+      j = std::max(j, fixed_right);
       while (j < m && fixed_by_dembo_hammer(items[j], true, c, w_bar, p_bar, brk, z)) ++j;
+      fixed_right = j;
       return j;
     };
     auto free_left = [&](int j) {
+      j = std::min(j, fixed_left);
       while (j >= 0 && fixed_by_dembo_hammer(items[j], false, c, w_bar, p_bar, brk, z)) --j;
+      fixed_left = j;
       return j;
     };
+    // pairing costs about m operations (times a logarithm), the cardinality bound some dozen
+    // passes over the items, a surrogate problem a solve: each runs again only once the core
+    // steps since its last run have handled states in proportion to its cost (m for pairing,
+    // the measured cost for the others), so that they never cost much more than the core itself
+    // (the first runs at once)
+    const u64 pairing_work = kPairingWorkPerItem * u64(m);
+    u64 paired_at = work_ - pairing_work, bound_at_work = work_, bound_cost = 0;
+    u64 surrogate_at = 0, surrogate_cost = 0;
     while (true) {
       bool progressed = false;
       const int r = free_right(t + 1);
@@ -437,23 +687,38 @@ class Solver {
           progressed = true;
         }
       }
-      if (cur_.empty() || !progressed) break;
+      // z at the LP bound (subset-sum data: the capacity, filled) is optimal: stop before the
+      // bounds below are computed for nothing
+      if (cur_.empty() || !progressed || z >= dantzig) break;
       if (deadline_->passed()) return kTimeLimit;
       if (cur_.size() > kMaxStates) return kStateLimit;
-      ++steps;
-      if (cur_.size() > kPairingStates && steps % kPairingPeriod == 0) {
+      if (cur_.size() > kPairingStates && work_ - paired_at >= pairing_work) {
+        paired_at = work_;
         pair_outside(items, c, s, t, z, have_solution, best, toggled);
         if (one_efficiency) pair_block(items, c, s, t, z, have_solution, best, toggled);
+        if (z >= dantzig) break;
       }
-      if (cur_.size() > kCardinalityStates && bounded_at != z) {
+      // (on subset-sum data the cardinality bound is the capacity, as the LP bound, except in
+      // rare cases; measured, it cost more than it saved)
+      if (!one_efficiency && cur_.size() > kCardinalityStates && bounded_at != z &&
+          (work_ - bound_at_work) * kBoundCostDivisor >= bound_cost) {
         bounded_at = z;
+        bound_at_work = work_;
         if (!cardinality_.ready()) cardinality_.prepare(items, c);
+        const u64 before = cardinality_.work();
         if (cardinality_.bound(z + 1) <= z) break;  // no solution is worth z + 1
-        if (cur_.size() > kSurrogateStates && depth_ < kSurrogateDepth) {
+        bound_cost = cardinality_.work() - before;
+        // a surrogate problem costs a solve of its own: another one only once the core has done
+        // as much work as the last one took
+        if (cur_.size() > kSurrogateStates && depth_ < kSurrogateDepth &&
+            work_ - surrogate_at >= surrogate_cost) {
           bool proved = false;
+          const u64 before = work_;
           const Status status = try_surrogate(items, c, z, have_solution, best, proved);
           if (status != kOptimal) return status;
           if (proved) break;
+          surrogate_cost = work_ - before;
+          surrogate_at = work_;
         }
       }
     }
@@ -479,38 +744,42 @@ class Solver {
       }
     }
     toggled.push_back(j);
+    work_ += n;
     // bound of a state: under the capacity + (c - w) e_{t+1}; over it - (w - c) e_{s-1}, with
     // t + 1 and s - 1 the next items not fixed
     const bool has_next = next_right < m, has_prev = next_left >= 0;
     const i64 wr = has_next ? items[next_right].w : 1, pr = has_next ? items[next_right].p : 0;
     const i64 wl = has_prev ? items[next_left].w : 1, pl = has_prev ? items[next_left].p : 0;
     const i64 need = z + 1;
-    next_.resize(2 * n);
+    next_.reserve(2 * n);
     State* out = next_.data();
     const State* a = cur_.data();
-    size_t i = 0, k = 0;  // a[i] as it is, a[k] toggled
     i64 last_p = std::numeric_limits<i64>::min();
-    while (i < n || k < n) {
-      State cand;
-      if (k >= n || (i < n && (a[i].w < a[k].w + dw ||
-                               (a[i].w == a[k].w + dw && a[i].p >= a[k].p + dp)))) {
-        cand = State{a[i].w, a[i].p, a[i].vect << 1};
-        ++i;
-      } else {
-        cand = State{a[k].w + dw, a[k].p + dp, (a[k].vect << 1) | 1};
-        ++k;
-      }
-      if (cand.p <= last_p) continue;  // dominated by a lighter (or as heavy) state
-      last_p = cand.p;
+    // written unconditionally, kept by moving `out` on: the merge's choices are data-dependent
+    // and would be mispredicted half of the time as branches
+    auto emit_state = [&](const State& cand) {
       bool keep;
-      if (cand.w <= c)
-        keep = has_next ? i128(cand.p - need) * wr + i128(c - cand.w) * pr >= 0 : cand.p >= need;
+      if (cand.w <= c)  // states are sorted by weight: this branch is predictable
+        keep = i128(cand.p - need) * wr + i128(c - cand.w) * pr >= 0;
       else
         keep = has_prev && i128(cand.p - need) * wl - i128(cand.w - c) * pl >= 0;
-      if (keep) *out++ = cand;
+      *out = cand;
+      out += keep & (cand.p > last_p);  // else dominated by a lighter (or as heavy) state
+      last_p = std::max(last_p, cand.p);
+    };
+    size_t i = 0, k = 0;  // a[i] as it is, a[k] toggled
+    while (i < n && k < n) {
+      const State kept{a[i].w, a[i].p, a[i].vect << 1};
+      const State moved{a[k].w + dw, a[k].p + dp, (a[k].vect << 1) | 1};
+      const bool first = kept.w < moved.w || (kept.w == moved.w && kept.p >= moved.p);
+      emit_state(first ? kept : moved);
+      i += first;
+      k += !first;
     }
-    next_.resize(out - next_.data());
-    std::swap(cur_, next_);
+    for (; i < n; ++i) emit_state(State{a[i].w, a[i].p, a[i].vect << 1});
+    for (; k < n; ++k) emit_state(State{a[k].w + dw, a[k].p + dp, (a[k].vect << 1) | 1});
+    next_.set_size(out - next_.data());
+    cur_.swap(next_);
   }
 
   // The heaviest state of weight <= room (states are sorted by weight), or -1 if none is.
@@ -583,6 +852,7 @@ class Solver {
     nested.depth_ = depth_ + 1;
     std::vector<uint8_t> x(m);
     const Status status = nested.solve(w.data(), p.data(), m, i64(capacity), x.data(), *deadline_);
+    work_ += nested.work_;
     if (status == kTimeLimit) return kTimeLimit;
     if (status != kOptimal) return kOptimal;  // no surrogate bound
     i64 value = base, weight = 0;
@@ -708,7 +978,11 @@ class Solver {
 
   const Deadline* deadline_ = nullptr;
   int depth_ = 0;  // surrogate problems this solver is nested in
-  std::vector<State> cur_, next_, block_, block_next_;
+  u64 work_ = 0;   // states handled by add_to_core so far (nested solvers' included)
+  StateList cur_, next_;
+  std::vector<int32_t> bundle_members_, bundle_start_;  // bundle_identical
+  std::vector<int32_t> hash_;                           // count_kinds
+  std::vector<State> block_, block_next_;
   std::vector<int> block_items_;
   CardinalityBound cardinality_;
 };

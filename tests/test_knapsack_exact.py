@@ -103,6 +103,88 @@ def test_solutions_older_than_a_states_64_decisions_are_recovered(distribution):
         assert x[i] @ v[i] == ks.solve_core(w[i], v[i], capacity[i]) @ v[i]
 
 
+def identical_items(rng, n_items, kinds, high):
+    """n_items drawn from `kinds` kinds of (weight, value), so that many are identical."""
+    kind_w = rng.integers(1, high, kinds)
+    kind_v = rng.integers(1, high, kinds)
+    pick = rng.integers(0, kinds, n_items)
+    return kind_w[pick].astype(np.int64), kind_v[pick].astype(np.int64)
+
+
+def test_identical_items_bundled_equal_brute_force():
+    """Few kinds among many items: the solver bundles identical items (binary splitting) and must
+    still take every count of each kind that pays, and give back a solution over the items."""
+    rng = np.random.default_rng(20)
+    for n_items in (4, 8, 12):
+        for kinds in (1, 2, 3):
+            for high in (5, 1000):
+                w, v = identical_items(rng, n_items, kinds, high)
+                for share in (0.1, 0.3, 0.5, 0.7, 0.95):
+                    capacity = np.floor(share * w.sum())
+                    x = exact.solve(w, v, capacity)
+                    assert set(np.unique(x)) <= {0, 1} and x @ w <= capacity
+                    assert x @ v == brute_force_value(w, v, capacity), (n_items, kinds, share)
+
+
+@pytest.mark.parametrize("random_items", [0, 60, 200])
+def test_identical_items_bundled_at_n_500_equal_dp(random_items):
+    """500 items: a few kinds repeated hundreds of times, plus random_items distinct ones (200:
+    too many kinds to bundle, the plain path); against the DP over the capacity and solve_core."""
+    rng = np.random.default_rng(random_items)
+    w_same, v_same = identical_items(rng, N_LARGE - random_items, 5, 1000)
+    w = np.concatenate([w_same, rng.integers(1, 1000, random_items)])
+    v = np.concatenate([v_same, rng.integers(1, 1000, random_items)])
+    order = rng.permutation(N_LARGE)
+    w, v = w[order], v[order]
+    for share in (0.05, 0.3, 0.5, 0.8):
+        capacity = np.floor(share * w.sum())
+        x = exact.solve(w, v, capacity)
+        assert set(np.unique(x)) <= {0, 1} and x @ w <= capacity
+        assert x @ v == dp_value(w, v, capacity) == ks.solve_core(w, v, capacity) @ v, share
+
+
+def multiples_of_ratios(rng, n_items, ratios, largest_multiple):
+    """Items that are each a multiple of one of `ratios` random (weight, value) pairs: all items
+    of a ratio are equally efficient (as in the spanner classes)."""
+    base_w = rng.integers(1, 60, ratios)
+    base_v = rng.integers(1, 60, ratios)
+    pick = rng.integers(0, ratios, n_items)
+    multiple = rng.integers(1, largest_multiple + 1, n_items)
+    return base_w[pick] * multiple, base_v[pick] * multiple
+
+
+def test_items_of_one_or_two_ratios_equal_brute_force():
+    """One or two ratios: the solver solves a subset-sum over the multiples of each ratio
+    (solve_by_ratios); three: the core algorithm. Both against enumeration."""
+    rng = np.random.default_rng(21)
+    for n_items in (1, 5, 9, 12):
+        for ratios in (1, 2, 3):
+            for _ in range(3):
+                w, v = multiples_of_ratios(rng, n_items, ratios, 10)
+                for share in (0.0, 0.2, 0.45, 0.7, 0.9, 1.0):
+                    capacity = np.floor(share * w.sum())
+                    x = exact.solve(w, v, capacity)
+                    assert set(np.unique(x)) <= {0, 1} and x @ w <= capacity
+                    assert x @ v == brute_force_value(w, v, capacity), (n_items, ratios, share)
+
+
+@pytest.mark.parametrize("largest_multiple", [10, 300, 3000])
+def test_items_of_two_ratios_at_n_500_equal_dp(largest_multiple):
+    """500 items of two ratios; multiples up to 3000 make the bitsets too large, and the core
+    algorithm solves them instead. Against the DP over the capacity (where it is cheap) and
+    solve_core."""
+    rng = np.random.default_rng(largest_multiple)
+    w, v = multiples_of_ratios(rng, N_LARGE, 2, largest_multiple)
+    for share in (0.01, 0.3, 0.6, 0.95):
+        capacity = np.floor(share * w.sum())
+        x = exact.solve(w, v, capacity)
+        assert set(np.unique(x)) <= {0, 1} and x @ w <= capacity
+        value = x @ v
+        assert value == ks.solve_core(w, v, capacity) @ v, share
+        if capacity <= DP_CAPACITY:
+            assert value == dp_value(w, v, capacity), share
+
+
 def test_batch_in_parallel_equals_one_at_a_time():
     w, v, capacity = ks.make_instances(200, 16, 1, 10**5, "almost-strongly-correlated")
     threads = torch.get_num_threads()
@@ -145,6 +227,12 @@ def test_edge_cases_and_bad_input():
     np.testing.assert_array_equal(exact.solve(np.zeros(0), np.zeros(0), 5.0), np.zeros(0))
     with pytest.raises(ValueError, match="integer"):
         exact.solve(w + 0.5, v, 10.0)
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ValueError, match="integer"):
+            exact.solve(np.array([5.0, bad, 7.0]), v, 10.0)
+    with pytest.raises(ValueError, match="too large"):
+        exact.solve(np.array([5.0, 2.0**62, 7.0]), v, 10.0)
+    np.testing.assert_array_equal(exact.solve(w, -np.array([-1.0, 2.0, -3.0]), 12.0), [1, 0, 1])
     with pytest.raises(ValueError, match="weights >= 0"):
         exact.solve([-1, 2], [1, 1], 5)
     with pytest.raises(ValueError, match="too large"):
@@ -189,3 +277,7 @@ def test_benchmark_runs_quick(capsys):
     out = capsys.readouterr().out
     assert "| uncorrelated | 10^3 | " in out and "| strongly-correlated | 10^5 | " in out
     assert "combo (C++) ms | solved | solve_core ms" in out and "load average" in out
+    assert "(cpu time)" not in out
+    knapsack_exact.main(flags + ["--solvers", "combo", "core", "--clock", "cpu"])
+    out = capsys.readouterr().out
+    assert "(cpu time)" in out and "| strongly-correlated | 10^5 | " in out

@@ -188,6 +188,29 @@ positive_int = _checked(int, lambda v: v > 0, "a positive integer")
 nonnegative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 
 
+def given_options(parser, argv):
+    """The dests of the options given on the command line `argv` (None: sys.argv[1:]), abbreviated
+    flags included: a second parse with every default suppressed."""
+    defaults = [(action, action.default) for action in parser._actions]
+    for action, _ in defaults:
+        action.default = argparse.SUPPRESS
+    try:
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in defaults:
+            action.default = default
+
+
+def given_flags(parser, argv):
+    """given_options as the long flags ("--time-limit"), whatever abbreviation was typed."""
+    dests = given_options(parser, argv)
+    return {
+        next(flag for flag in action.option_strings if flag.startswith("--"))
+        for action in parser._actions
+        if action.dest in dests and action.option_strings
+    }
+
+
 # -------------------------------------------------------------- rounding surrogate (thesis eq. 13)
 class _RoundSurrogate(torch.autograd.Function):
     @staticmethod

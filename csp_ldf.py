@@ -3314,19 +3314,6 @@ def flag(dest):
     return "--" + dest.replace("_", "-")
 
 
-def given_options(parser, argv):
-    """The dests of the options on the command line: a second parse with every default
-    suppressed (abbreviated flags included)."""
-    defaults = [(action, action.default) for action in parser._actions]
-    for action, _ in defaults:
-        action.default = argparse.SUPPRESS
-    try:
-        return set(vars(parser.parse_args(argv)))
-    finally:
-        for action, default in defaults:
-            action.default = default
-
-
 def check_args(p, args, given):
     """argparse errors for flags that do nothing in the chosen mode or model and for values that
     cannot work, before any data is read."""
@@ -3538,7 +3525,7 @@ def parse_args(argv=None):
         "CPUs with AMX (oneDNN); training stays float32",
     )
     args = p.parse_args(argv)
-    given = given_options(p, argv)
+    given = common.given_options(p, argv)
     check_args(p, args, given)
     if args.model is None:
         args.model = "ldf" if args.pretrained else "fc"

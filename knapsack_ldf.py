@@ -2,6 +2,9 @@
 
     instances -> exact labels -> model (FC) -> loss (BCE + lambda * violation) -> train -> evaluate
 
+The file follows that order (1. instances ... 7. evaluate), each section using only what is
+defined above it; the command line and main come last.
+
     python knapsack_ldf.py --model fc                             # Table 2: the FC baseline
     python knapsack_ldf.py --lr 1e-4 --step 1e-7                  # Table 3: LDF
     python knapsack_ldf.py --pretrained runs/knapsack/fc/fc.pt    # Table 4: LDF from the trained FC
@@ -93,343 +96,7 @@ THESIS_TRAINING = {  # Table 5: epochs and minutes to converge (6-core i5-11400)
 }
 
 
-# ====================================================================== arguments
-def items_arg(text):
-    n = common.positive_int(text)
-    if n < 2:
-        raise argparse.ArgumentTypeError(f"--items needs at least 2 items, got {n}")
-    return n
-
-
-def value_range_arg(text):
-    value_range = common.positive_int(text)
-    if value_range < 2:
-        raise argparse.ArgumentTypeError(f"--range needs at least 2, got {value_range}")
-    return value_range
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    g = p.add_argument_group("instances and labels")
-    g.add_argument(
-        "--items", type=items_arg, default=500, help="items per instance n (thesis: 500)"
-    )
-    g.add_argument(
-        "--instances",
-        type=common.positive_int,
-        default=30000,
-        help="instances S, split 80/10/10 into train/val/test (thesis: 30000)",
-    )
-    g.add_argument(
-        "--distribution",
-        choices=DISTRIBUTIONS,
-        default="uncorrelated",
-        help="Pisinger's instance class (Computers & OR 2005): uncorrelated (the thesis' data), "
-        "weakly-, strongly-, inverse-strongly- and almost-strongly-correlated, subset-sum, "
-        "similar-weights, spanner(2, 10) over uncorrelated, weakly or strongly correlated items",
-    )
-    g.add_argument(
-        "--range",
-        dest="value_range",
-        type=value_range_arg,
-        default=THESIS_VALUE_RANGE,
-        help="data range R: weights (or values) are drawn from 1..R (thesis code: 2000)",
-    )
-    g.add_argument(
-        "--solver",
-        choices=SOLVERS,
-        help="exact back end for the labels: combo (default: the C++ expanding-core dynamic "
-        "program of csrc/knapsack.h after Pisinger's combo; core where it cannot be built), "
-        "ortools (branch and bound), core (the same algorithm in numpy), gurobi (falls back to "
-        "the default if its licence is small)",
-    )
-    g.add_argument(
-        "--time-limit",
-        type=common.positive_float,
-        default=DEFAULT_TIME_LIMIT,
-        help="seconds per instance the exact solver may take; an instance not proven optimal "
-        "by then stops the run with an error",
-    )
-    g.add_argument(
-        "--workers",
-        type=common.positive_int,
-        default=max(1, os.cpu_count() or 1),
-        help="worker processes: label generation, and the --grid trials (a local Dask cluster)",
-    )
-    g.add_argument(
-        "--cluster",
-        help="--grid: address of a running Dask scheduler for the trials (default "
-        "$LDF_DASK_SCHEDULER, else a local cluster of --workers processes)",
-    )
-    g.add_argument("--data-dir", default="data", help="where instances and labels are cached")
-    g = p.add_argument_group("model and training (defaults: the thesis' selected models)")
-    g.add_argument(
-        "--model",
-        choices=["fc", "ldf"],
-        default="ldf",
-        help="fc: BCE only; ldf: BCE + lambda * violation (default)",
-    )
-    g.add_argument(
-        "--arch",
-        choices=["fc", "set"],
-        default="fc",
-        help="fc: the thesis network (fixed n); set: permutation-equivariant item scorer (any n)",
-    )
-    g.add_argument(
-        "--supervision",
-        choices=["labels", "none"],
-        default="labels",
-        help="none: no labels in training; loss = -objective of the relaxed prediction + "
-        "lambda * its LP violation (needs --model ldf)",
-    )
-    g.add_argument(
-        "--pretrained",
-        metavar="CKPT",
-        help="start LDF from this checkpoint's weights (the thesis' pre-trained LDF)",
-    )
-    g.add_argument(
-        "--epochs",
-        type=common.positive_int,
-        default=THESIS_EPOCHS,
-        help=f"maximum epochs (thesis: {THESIS_EPOCHS})",
-    )
-    g.add_argument(
-        "--patience",
-        type=common.positive_int,
-        default=THESIS_PATIENCE,
-        help="stop once this many epochs in a row improved none of: validation AR, validation "
-        f"loss, any mu-loss (thesis: {THESIS_PATIENCE})",
-    )
-    g.add_argument("--batch-size", type=common.positive_int, default=256, help="thesis: 256")
-    g.add_argument(
-        "--lr",
-        type=common.positive_float,
-        help="Adam learning rate (thesis: fc 1e-3, ldf 1e-4, pre-trained 1e-4)",
-    )
-    g.add_argument(
-        "--step",
-        type=common.nonnegative_float,
-        help="Lagrangian step s of the per-epoch multiplier update, Algorithm 1 "
-        "(thesis: ldf 1e-7, pre-trained 1e-4)",
-    )
-    g.add_argument(
-        "--lambda0",
-        type=common.nonnegative_float,
-        default=1.0,
-        help="initial multiplier (thesis: 1)",
-    )
-    g.add_argument(
-        "--dual",
-        choices=common.DUALS,
-        default="scalar",
-        help="the multipliers (beyond the thesis but scalar): scalar (the thesis' one lambda, "
-        "Algorithm 1); per-instance (one lambda_i per training instance, lambda_i += step * its "
-        "own violation once an epoch); augmented (the same lambda_i, raised by rho * nu_i, and "
-        "rho/2 * nu_i^2 in the loss); dual-net (a network maps the instance's inputs to lambda, "
-        "trained by ascent on the Lagrangian; primal-dual learning)",
-    )
-    g.add_argument(
-        "--rho",
-        type=common.positive_float,
-        help="--dual augmented: penalty rho of the augmented Lagrangian, also the multiplier "
-        "step (the method of multipliers); default: the per-instance step",
-    )
-    g.add_argument(
-        "--dual-lr",
-        type=common.positive_float,
-        default=common.DUAL_NET_LR,
-        help="--dual dual-net: Adam learning rate of the dual network",
-    )
-    g.add_argument(
-        "--max-grad-norm",
-        type=common.nonnegative_float,
-        help="clip the gradient norm to this, 0: no clipping "
-        "(thesis: fc 10, ldf 0.5, pre-trained 10)",
-    )
-    g.add_argument(
-        "--violation",
-        choices=["raw", "relative"],
-        default="raw",
-        help="raw: max(0, sum_i x_i w_i - W) in weight units (thesis code); relative: divided by W",
-    )
-    g.add_argument(
-        "--k",
-        type=common.positive_float,
-        default=25.0,
-        help="sharpness of the rounding surrogate (eq. 13; thesis: 25)",
-    )
-    g.add_argument(
-        "--mu",
-        type=common.nonnegative_float,
-        nargs="+",
-        default=[0.0, 0.2, 1.0, 10.0],
-        help="mu values of the mu-loss (eq. 15: validation BCE summed over items "
-        "+ mu * violation); one best checkpoint is kept per mu",
-    )
-    g.add_argument(
-        "--select-mu",
-        type=common.nonnegative_float,
-        default=1.0,
-        help="the mu whose best checkpoint LDF reports (thesis: the 1-loss); FC reports its best "
-        "validation AR",
-    )
-    g.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16"],
-        default="auto",
-        help="bf16: bfloat16 autocast for the network (training and inference); auto: bf16 on "
-        "CUDA and on CPUs with AMX or AVX-512 BF16, else fp32",
-    )
-    g.add_argument(
-        "--grid", action="store_true", help="run the Table 1 grid (lr x step x grad norm)"
-    )
-    g.add_argument(
-        "--grid-lr",
-        type=common.positive_float,
-        nargs="+",
-        help="learning rates of the grid (default: the thesis' Table 1 for the model)",
-    )
-    g.add_argument(
-        "--grid-step",
-        type=common.nonnegative_float,
-        nargs="+",
-        help="Lagrangian steps of the grid (default: Table 1)",
-    )
-    g.add_argument(
-        "--grid-max-grad-norm",
-        type=common.nonnegative_float,
-        nargs="+",
-        help="gradient-norm limits of the grid (default: Table 1)",
-    )
-    g = p.add_argument_group("evaluation")
-    g.add_argument(
-        "--decode",
-        choices=["raw", "repair", "swap"],
-        default="raw",
-        help="which decode results.json calls 'test' (the tables show all three, and greedy); "
-        "repair takes the model's items by falling probability while they fit, then fills "
-        "greedily; swap then exchanges single items while that gains value",
-    )
-    g.add_argument(
-        "--eval-items",
-        type=items_arg,
-        nargs="+",
-        default=[],
-        help="set arch: also evaluate on fresh instances with these n, without retraining",
-    )
-    g.add_argument(
-        "--eval-instances",
-        type=common.positive_int,
-        default=3000,
-        help="instances per --eval-items n",
-    )
-    g.add_argument(
-        "--tradeoff",
-        metavar="DIR",
-        help="plot AR against %% violated for every results.json under DIR, then stop",
-    )
-    g = p.add_argument_group("running")
-    g.add_argument(
-        "--seed",
-        type=common.nonnegative_int,
-        default=0,
-        help="seeds instances, split, initialisation and batches",
-    )
-    g.add_argument("--out", help="output folder (default runs/knapsack/<model>)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    g.add_argument(
-        "--threads",
-        type=common.positive_int,
-        help="torch threads (default: the cores this process may use)",
-    )
-    g.add_argument("--fresh", action="store_true", help="start over instead of resuming last.pt")
-    g.add_argument(
-        "--eval-only",
-        metavar="CKPT",
-        help="evaluate a saved checkpoint on its test split and stop",
-    )
-    g.add_argument(
-        "--labels-only", action="store_true", help="make instances and labels, then stop"
-    )
-    args = p.parse_args(argv)
-    check_args(p, args, argv if argv is not None else sys.argv[1:])
-    return args
-
-
-def check_args(parser, args, argv):
-    """Errors for flags that contradict each other or do nothing in the chosen mode; the thesis'
-    per-model settings where a flag was not given."""
-    given = {a.split("=")[0] for a in argv if a.startswith("--")}
-    modes = [m for m in ("--eval-only", "--tradeoff", "--labels-only", "--grid") if m in given]
-    if len(modes) > 1:
-        parser.error(f"{' and '.join(modes)} are different modes: choose one")
-    if "--cluster" in given and "--grid" not in given:
-        parser.error("--cluster runs the --grid trials: add --grid, or drop --cluster")
-    if args.eval_only or args.tradeoff:
-        ignored = given - {"--eval-only", "--tradeoff", "--data-dir", "--workers", "--decode"}
-        ignored -= {"--threads", "--device", "--precision"}
-        if ignored:
-            parser.error(f"{modes[0]} ignores {', '.join(sorted(ignored))}")
-    if args.select_mu not in args.mu:
-        parser.error(f"--select-mu {args.select_mu:g} must be one of --mu {args.mu}")
-    if args.pretrained and not os.path.isfile(args.pretrained):
-        parser.error(f"--pretrained: no such file {args.pretrained}")
-    if args.eval_only and not os.path.isfile(args.eval_only):
-        parser.error(f"--eval-only: no such file {args.eval_only}")
-    if args.supervision == "none" and args.model != "ldf":
-        parser.error(
-            "--supervision none trains on objective and constraint only: needs --model ldf"
-        )
-    if args.eval_items and args.arch != "set":
-        parser.error("--eval-items needs --arch set (the fc network has a fixed number of items)")
-    if args.pretrained and args.model == "fc":
-        parser.error("--pretrained trains the LDF model from a checkpoint; drop --model fc")
-    if args.model == "fc" and "--step" in given:
-        parser.error("--step moves the LDF multiplier: the fc model has none")
-    if args.dual != "scalar" and args.model != "ldf":
-        parser.error(f"--dual {args.dual} moves LDF multipliers: needs --model ldf")
-    if "--rho" in given and args.dual != "augmented":
-        parser.error("--rho is the augmented Lagrangian's penalty: add --dual augmented")
-    if "--dual-lr" in given and args.dual != "dual-net":
-        parser.error("--dual-lr trains the dual network: add --dual dual-net")
-    if args.distribution == "similar-weights" and "--range" in given:
-        parser.error("--distribution similar-weights has fixed ranges: drop --range")
-    min_range = MIN_RANGE.get(args.distribution, 0)
-    if args.value_range < min_range:
-        parser.error(
-            f"--distribution {args.distribution} needs --range >= {min_range}, got "
-            f"{args.value_range} (its offsets R/{CORRELATION_DIVISOR} or "
-            f"R/{ALMOST_STRONG_DIVISOR} would be 0)"
-        )
-    if args.solver is None:
-        args.solver = default_solver(args.distribution)
-    if args.instances < 10:
-        parser.error(f"--instances {args.instances}: at least 10 are needed for an 80/10/10 split")
-    if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
-        parser.error(f"--device {args.device!r}: expected auto, cpu, cuda or cuda:N")
-    settings = THESIS_SETTINGS[model_kind(vars(args))]
-    if args.dual in ("per-instance", "augmented") and args.step is None:
-        # one lambda_i per instance: the thesis' step times the training instances, so that the
-        # mean lambda_i moves as the thesis' lambda does when every instance is violated alike
-        args.step = settings["step"] * int(TRAIN_SHARE * args.instances)
-    if args.dual == "augmented" and args.rho is None:
-        args.rho = args.step
-    for name in ("lr", "step", "max_grad_norm"):
-        if getattr(args, name) is None:
-            setattr(args, name, settings[name])
-    grid_lr, grid_step, grid_max_grad_norm = THESIS_GRID[model_kind(vars(args))]
-    if args.grid_lr is None:
-        args.grid_lr = grid_lr
-    if args.grid_step is None:
-        args.grid_step = grid_step
-    if args.grid_max_grad_norm is None:
-        args.grid_max_grad_norm = grid_max_grad_norm
-    if args.out is None:
-        args.out = os.path.join("runs", "knapsack", *class_folder(vars(args)), run_name(vars(args)))
-
-
+# ====================================================================== runs: names, precision
 def model_kind(cfg):
     """fc, ldf or ldf-pretrained: the thesis' three models."""
     if cfg["model"] == "fc":
@@ -598,21 +265,6 @@ def default_solver(distribution):
     (bench/knapsack_exact.py). Earlier defaults, still options: OR-Tools on uncorrelated data,
     the numpy core algorithm on the other classes."""
     return "combo"
-
-
-def solve_combo(w, v, capacity, time_limit=None):
-    """Exact labels by the C++ solver of csrc/knapsack.h (combo's algorithm: core expansion,
-    dominance, state-item pairing, cardinality bounds; exact integer arithmetic); LabelTimeout
-    when not proven optimal within time_limit seconds. Where the C++ op cannot be built it warns
-    and runs solve_core."""
-    from csrc import knapsack as exact
-
-    if not exact.available():
-        return solve_core(w, v, capacity, time_limit)
-    try:
-        return exact.solve(w, v, capacity, time_limit)
-    except exact.TimeLimit as err:
-        raise LabelTimeout(str(err)) from None
 
 
 def solve_ortools(w, v, capacity, time_limit=None):
@@ -842,6 +494,21 @@ def solve_core(w, v, capacity, time_limit=None):
     return x
 
 
+def solve_combo(w, v, capacity, time_limit=None):
+    """Exact labels by the C++ solver of csrc/knapsack.h (combo's algorithm: core expansion,
+    dominance, state-item pairing, cardinality bounds; exact integer arithmetic); LabelTimeout
+    when not proven optimal within time_limit seconds. Where the C++ op cannot be built it warns
+    and runs solve_core."""
+    from csrc import knapsack as exact
+
+    if not exact.available():
+        return solve_core(w, v, capacity, time_limit)
+    try:
+        return exact.solve(w, v, capacity, time_limit)
+    except exact.TimeLimit as err:
+        raise LabelTimeout(str(err)) from None
+
+
 def solve_gurobi(w, v, capacity, time_limit=None):
     import gurobipy as gp
 
@@ -935,18 +602,6 @@ def read_chunk(path, expected_fingerprint, n_rows, n_items):
     return x, seconds
 
 
-def make_labels(
-    w, v, capacity, folder, solver, workers, chunk=LABEL_CHUNK, time_limit=DEFAULT_TIME_LIMIT
-):
-    """Exact labels, solved in chunks by worker processes; each chunk is written atomically with
-    the fingerprint of its instances, so an interrupted run resumes where it stopped and a file
-    from other instances is refused. An instance not proven optimal within time_limit seconds
-    stops the run with an error naming it (the chunks solved so far are kept). Returns x (S, n),
-    optimal values, seconds per instance."""
-    with common.folder_lock(folder, "these labels"):
-        return solve_missing_chunks(w, v, capacity, folder, solver, workers, chunk, time_limit)
-
-
 def solve_missing_chunks(
     w, v, capacity, folder, solver, workers, chunk, time_limit=DEFAULT_TIME_LIMIT
 ):
@@ -987,6 +642,18 @@ def solve_missing_chunks(
     if len(bad):
         raise SystemExit(f"labels in {folder} violate the capacity of instances {bad[:5]}")
     return x, (x * v).sum(1), seconds
+
+
+def make_labels(
+    w, v, capacity, folder, solver, workers, chunk=LABEL_CHUNK, time_limit=DEFAULT_TIME_LIMIT
+):
+    """Exact labels, solved in chunks by worker processes; each chunk is written atomically with
+    the fingerprint of its instances, so an interrupted run resumes where it stopped and a file
+    from other instances is refused. An instance not proven optimal within time_limit seconds
+    stops the run with an error naming it (the chunks solved so far are kept). Returns x (S, n),
+    optimal values, seconds per instance."""
+    with common.folder_lock(folder, "these labels"):
+        return solve_missing_chunks(w, v, capacity, folder, solver, workers, chunk, time_limit)
 
 
 def data_folder(data_dir, n_items, n_instances, seed, value_range, distribution="uncorrelated"):
@@ -1043,6 +710,12 @@ def load_data(args, n_items=None, n_instances=None, seed=None):
         "label_wall_seconds": time.perf_counter() - started,
         "split": parts,
     }
+
+
+def features(data):
+    """Raw inputs [w, v, W] as one float32 tensor (S, 2n+1)."""
+    raw = np.concatenate([data["w"], data["v"], data["capacity"][:, None]], 1)
+    return torch.from_numpy(raw).float()
 
 
 # ====================================================================== 3. model
@@ -1110,12 +783,6 @@ def make_model(n_items, arch="fc"):
     )
 
 
-def features(data):
-    """Raw inputs [w, v, W] as one float32 tensor (S, 2n+1)."""
-    raw = np.concatenate([data["w"], data["v"], data["capacity"][:, None]], 1)
-    return torch.from_numpy(raw).float()
-
-
 def normaliser(raw, n_items, arch="fc"):
     """Min-max scaling per input group (weights, values, capacity) to [0, 1], as the thesis code
     did, but from the training rows only (the thesis took the whole data set). The set model
@@ -1168,10 +835,81 @@ def batch_loss(logits, y, w, capacity, multiplier, k, ldf, unit="raw", v=None):
     return (label + multiplier * nu).mean(), label, nu
 
 
-# ====================================================================== 5. train
+# ====================================================================== 5. measures
+def total_weight(x, w):
+    """sum_i x_i w_i per instance: the one sum that decides feasibility, in the tables and in the
+    decoders alike."""
+    return (x * w).sum(-1)
+
+
+def solution_metrics(xhat, data, rows, unit="raw"):
+    """Objective, violation and AR (eq. 14) of 0/1 solutions xhat for instances `rows`; nu in the
+    training unit, nu_pct in % of W (the tables')."""
+    w = data["w"][rows]
+    v = data["v"][rows]
+    capacity = data["capacity"][rows]
+    opt = data["opt"][rows]
+    obj = (xhat * v).sum(1)
+    overshoot = np.maximum(0.0, total_weight(xhat, w) - capacity)
+    nu = overshoot / capacity if unit == "relative" else overshoot
+    return {
+        "obj": obj,
+        "nu": nu,
+        "nu_pct": 100
+        * np.divide(overshoot, capacity, out=np.zeros_like(overshoot), where=capacity > 0),
+        "ar": common.approximation_ratio(obj, opt),
+        "opt": opt,
+    }
+
+
+# ====================================================================== 6. train
 def selection(args):
     """The criterion whose best checkpoint is the model: LDF's mu-loss, FC's validation AR."""
     return f"mu{args.select_mu:g}" if args.model == "ldf" else "ar"
+
+
+def dual_options(args, x_norm):
+    """common.LagrangianDual's keywords for --dual: rho, or the dual network's inputs and lr."""
+    if args.dual == "augmented":
+        return {"rho": args.rho}
+    if args.dual == "dual-net":
+        return {"features": x_norm, "dual_lr": args.dual_lr}
+    return {}
+
+
+# Settings that may change between a run and its resumption (they do not change what is learnt).
+RESUME_FREE = {
+    "epochs",
+    "select_mu",
+    "patience",
+    "out",
+    "device",
+    "threads",
+    "workers",
+    "fresh",
+    "eval_only",
+    "labels_only",
+    "grid",
+    "grid_lr",
+    "grid_step",
+    "grid_max_grad_norm",
+    "data_dir",
+    "decode",
+    "eval_items",
+    "eval_instances",
+    "tradeoff",
+    "time_limit",
+}
+
+
+def resume_fingerprint(config):
+    fingerprint = {k: v for k, v in config.items() if k not in RESUME_FREE}
+    if fingerprint.get("distribution") == "uncorrelated":
+        del fingerprint["distribution"]  # runs from before --distribution (all uncorrelated) resume
+    if fingerprint.get("dual", "scalar") == "scalar":  # runs from before --dual resume
+        for name in ("dual", "rho", "dual_lr"):
+            fingerprint.pop(name, None)
+    return {"problem": "knapsack"} | fingerprint
 
 
 def train(args, data, out):
@@ -1285,77 +1023,7 @@ def train(args, data, out):
         raise SystemExit(f"{err}") from None
 
 
-def dual_options(args, x_norm):
-    """common.LagrangianDual's keywords for --dual: rho, or the dual network's inputs and lr."""
-    if args.dual == "augmented":
-        return {"rho": args.rho}
-    if args.dual == "dual-net":
-        return {"features": x_norm, "dual_lr": args.dual_lr}
-    return {}
-
-
-# Settings that may change between a run and its resumption (they do not change what is learnt).
-RESUME_FREE = {
-    "epochs",
-    "select_mu",
-    "patience",
-    "out",
-    "device",
-    "threads",
-    "workers",
-    "fresh",
-    "eval_only",
-    "labels_only",
-    "grid",
-    "grid_lr",
-    "grid_step",
-    "grid_max_grad_norm",
-    "data_dir",
-    "decode",
-    "eval_items",
-    "eval_instances",
-    "tradeoff",
-    "time_limit",
-}
-
-
-def resume_fingerprint(config):
-    fingerprint = {k: v for k, v in config.items() if k not in RESUME_FREE}
-    if fingerprint.get("distribution") == "uncorrelated":
-        del fingerprint["distribution"]  # runs from before --distribution (all uncorrelated) resume
-    if fingerprint.get("dual", "scalar") == "scalar":  # runs from before --dual resume
-        for name in ("dual", "rho", "dual_lr"):
-            fingerprint.pop(name, None)
-    return {"problem": "knapsack"} | fingerprint
-
-
-# ====================================================================== 6. evaluate
-def total_weight(x, w):
-    """sum_i x_i w_i per instance: the one sum that decides feasibility, in the tables and in the
-    decoders alike."""
-    return (x * w).sum(-1)
-
-
-def solution_metrics(xhat, data, rows, unit="raw"):
-    """Objective, violation and AR (eq. 14) of 0/1 solutions xhat for instances `rows`; nu in the
-    training unit, nu_pct in % of W (the tables')."""
-    w = data["w"][rows]
-    v = data["v"][rows]
-    capacity = data["capacity"][rows]
-    opt = data["opt"][rows]
-    obj = (xhat * v).sum(1)
-    overshoot = np.maximum(0.0, total_weight(xhat, w) - capacity)
-    nu = overshoot / capacity if unit == "relative" else overshoot
-    return {
-        "obj": obj,
-        "nu": nu,
-        "nu_pct": 100
-        * np.divide(overshoot, capacity, out=np.zeros_like(overshoot), where=capacity > 0),
-        "ar": common.approximation_ratio(obj, opt),
-        "opt": opt,
-    }
-
-
+# ====================================================================== 7. evaluate
 def fill_in_order(w, capacity, x, order, eligible):
     """Scan each instance's items in `order`; take every eligible item that still fits by a
     running sum, then undo the latest takes of any instance whose total_weight (a sum in another
@@ -1753,12 +1421,6 @@ def tradeoff(folder):
     print(f"wrote {os.path.join(folder, 'tradeoff.png')} from {len(runs)} runs")
 
 
-def run(args, data):
-    """Train one model, keep its selected checkpoint as <out>/<model>.pt, report and plot."""
-    with common.folder_lock(args.out, "this output folder"):
-        return train_and_report(args, data)
-
-
 def train_and_report(args, data):
     state, selected = train(args, data, args.out)
     if not os.path.exists(selected):
@@ -1794,6 +1456,12 @@ def train_and_report(args, data):
         + f"\ncheckpoint {final}; plots and results.json in {args.out}"
     )
     return results
+
+
+def run(args, data):
+    """Train one model, keep its selected checkpoint as <out>/<model>.pt, report and plot."""
+    with common.folder_lock(args.out, "this output folder"):
+        return train_and_report(args, data)
 
 
 def grid_trial(settings):
@@ -1855,6 +1523,343 @@ def grid(args, data):
     print("\n## Grid (best first)\n\n" + "\n".join(lines))
     common.atomic_write_json(os.path.join(args.out, "grid.json"), rows)
     common.atomic_write_bytes(os.path.join(args.out, "grid.md"), ("\n".join(lines) + "\n").encode())
+
+
+# ====================================================================== command line
+def items_arg(text):
+    n = common.positive_int(text)
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"--items needs at least 2 items, got {n}")
+    return n
+
+
+def value_range_arg(text):
+    value_range = common.positive_int(text)
+    if value_range < 2:
+        raise argparse.ArgumentTypeError(f"--range needs at least 2, got {value_range}")
+    return value_range
+
+
+def check_args(parser, args, argv):
+    """Errors for flags that contradict each other or do nothing in the chosen mode; the thesis'
+    per-model settings where a flag was not given."""
+    given = common.given_flags(parser, argv)
+    modes = [m for m in ("--eval-only", "--tradeoff", "--labels-only", "--grid") if m in given]
+    if len(modes) > 1:
+        parser.error(f"{' and '.join(modes)} are different modes: choose one")
+    if "--cluster" in given and "--grid" not in given:
+        parser.error("--cluster runs the --grid trials: add --grid, or drop --cluster")
+    if args.eval_only or args.tradeoff:
+        ignored = given - {"--eval-only", "--tradeoff", "--data-dir", "--workers", "--decode"}
+        ignored -= {"--threads", "--device", "--precision"}
+        if ignored:
+            parser.error(f"{modes[0]} ignores {', '.join(sorted(ignored))}")
+    if args.select_mu not in args.mu:
+        parser.error(f"--select-mu {args.select_mu:g} must be one of --mu {args.mu}")
+    if args.pretrained and not os.path.isfile(args.pretrained):
+        parser.error(f"--pretrained: no such file {args.pretrained}")
+    if args.eval_only and not os.path.isfile(args.eval_only):
+        parser.error(f"--eval-only: no such file {args.eval_only}")
+    if args.supervision == "none" and args.model != "ldf":
+        parser.error(
+            "--supervision none trains on objective and constraint only: needs --model ldf"
+        )
+    if args.eval_items and args.arch != "set":
+        parser.error("--eval-items needs --arch set (the fc network has a fixed number of items)")
+    if args.pretrained and args.model == "fc":
+        parser.error("--pretrained trains the LDF model from a checkpoint; drop --model fc")
+    if args.model == "fc" and "--step" in given:
+        parser.error("--step moves the LDF multiplier: the fc model has none")
+    if args.dual != "scalar" and args.model != "ldf":
+        parser.error(f"--dual {args.dual} moves LDF multipliers: needs --model ldf")
+    if "--rho" in given and args.dual != "augmented":
+        parser.error("--rho is the augmented Lagrangian's penalty: add --dual augmented")
+    if "--dual-lr" in given and args.dual != "dual-net":
+        parser.error("--dual-lr trains the dual network: add --dual dual-net")
+    if args.distribution == "similar-weights" and "--range" in given:
+        parser.error("--distribution similar-weights has fixed ranges: drop --range")
+    min_range = MIN_RANGE.get(args.distribution, 0)
+    if args.value_range < min_range:
+        parser.error(
+            f"--distribution {args.distribution} needs --range >= {min_range}, got "
+            f"{args.value_range} (its offsets R/{CORRELATION_DIVISOR} or "
+            f"R/{ALMOST_STRONG_DIVISOR} would be 0)"
+        )
+    if args.solver is None:
+        args.solver = default_solver(args.distribution)
+    if args.instances < 10:
+        parser.error(f"--instances {args.instances}: at least 10 are needed for an 80/10/10 split")
+    if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
+        parser.error(f"--device {args.device!r}: expected auto, cpu, cuda or cuda:N")
+    settings = THESIS_SETTINGS[model_kind(vars(args))]
+    if args.dual in ("per-instance", "augmented") and args.step is None:
+        # one lambda_i per instance: the thesis' step times the training instances, so that the
+        # mean lambda_i moves as the thesis' lambda does when every instance is violated alike
+        args.step = settings["step"] * int(TRAIN_SHARE * args.instances)
+    if args.dual == "augmented" and args.rho is None:
+        args.rho = args.step
+    for name in ("lr", "step", "max_grad_norm"):
+        if getattr(args, name) is None:
+            setattr(args, name, settings[name])
+    grid_lr, grid_step, grid_max_grad_norm = THESIS_GRID[model_kind(vars(args))]
+    if args.grid_lr is None:
+        args.grid_lr = grid_lr
+    if args.grid_step is None:
+        args.grid_step = grid_step
+    if args.grid_max_grad_norm is None:
+        args.grid_max_grad_norm = grid_max_grad_norm
+    if args.out is None:
+        args.out = os.path.join("runs", "knapsack", *class_folder(vars(args)), run_name(vars(args)))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    g = p.add_argument_group("instances and labels")
+    g.add_argument(
+        "--items", type=items_arg, default=500, help="items per instance n (thesis: 500)"
+    )
+    g.add_argument(
+        "--instances",
+        type=common.positive_int,
+        default=30000,
+        help="instances S, split 80/10/10 into train/val/test (thesis: 30000)",
+    )
+    g.add_argument(
+        "--distribution",
+        choices=DISTRIBUTIONS,
+        default="uncorrelated",
+        help="Pisinger's instance class (Computers & OR 2005): uncorrelated (the thesis' data), "
+        "weakly-, strongly-, inverse-strongly- and almost-strongly-correlated, subset-sum, "
+        "similar-weights, spanner(2, 10) over uncorrelated, weakly or strongly correlated items",
+    )
+    g.add_argument(
+        "--range",
+        dest="value_range",
+        type=value_range_arg,
+        default=THESIS_VALUE_RANGE,
+        help="data range R: weights (or values) are drawn from 1..R (thesis code: 2000)",
+    )
+    g.add_argument(
+        "--solver",
+        choices=SOLVERS,
+        help="exact back end for the labels: combo (default: the C++ expanding-core dynamic "
+        "program of csrc/knapsack.h after Pisinger's combo; core where it cannot be built), "
+        "ortools (branch and bound), core (the same algorithm in numpy), gurobi (falls back to "
+        "the default if its licence is small)",
+    )
+    g.add_argument(
+        "--time-limit",
+        type=common.positive_float,
+        default=DEFAULT_TIME_LIMIT,
+        help="seconds per instance the exact solver may take; an instance not proven optimal "
+        "by then stops the run with an error",
+    )
+    g.add_argument(
+        "--workers",
+        type=common.positive_int,
+        default=max(1, os.cpu_count() or 1),
+        help="worker processes: label generation, and the --grid trials (a local Dask cluster)",
+    )
+    g.add_argument(
+        "--cluster",
+        help="--grid: address of a running Dask scheduler for the trials (default "
+        "$LDF_DASK_SCHEDULER, else a local cluster of --workers processes)",
+    )
+    g.add_argument("--data-dir", default="data", help="where instances and labels are cached")
+    g = p.add_argument_group("model and training (defaults: the thesis' selected models)")
+    g.add_argument(
+        "--model",
+        choices=["fc", "ldf"],
+        default="ldf",
+        help="fc: BCE only; ldf: BCE + lambda * violation (default)",
+    )
+    g.add_argument(
+        "--arch",
+        choices=["fc", "set"],
+        default="fc",
+        help="fc: the thesis network (fixed n); set: permutation-equivariant item scorer (any n)",
+    )
+    g.add_argument(
+        "--supervision",
+        choices=["labels", "none"],
+        default="labels",
+        help="none: no labels in training; loss = -objective of the relaxed prediction + "
+        "lambda * its LP violation (needs --model ldf)",
+    )
+    g.add_argument(
+        "--pretrained",
+        metavar="CKPT",
+        help="start LDF from this checkpoint's weights (the thesis' pre-trained LDF)",
+    )
+    g.add_argument(
+        "--epochs",
+        type=common.positive_int,
+        default=THESIS_EPOCHS,
+        help=f"maximum epochs (thesis: {THESIS_EPOCHS})",
+    )
+    g.add_argument(
+        "--patience",
+        type=common.positive_int,
+        default=THESIS_PATIENCE,
+        help="stop once this many epochs in a row improved none of: validation AR, validation "
+        f"loss, any mu-loss (thesis: {THESIS_PATIENCE})",
+    )
+    g.add_argument("--batch-size", type=common.positive_int, default=256, help="thesis: 256")
+    g.add_argument(
+        "--lr",
+        type=common.positive_float,
+        help="Adam learning rate (thesis: fc 1e-3, ldf 1e-4, pre-trained 1e-4)",
+    )
+    g.add_argument(
+        "--step",
+        type=common.nonnegative_float,
+        help="Lagrangian step s of the per-epoch multiplier update, Algorithm 1 "
+        "(thesis: ldf 1e-7, pre-trained 1e-4)",
+    )
+    g.add_argument(
+        "--lambda0",
+        type=common.nonnegative_float,
+        default=1.0,
+        help="initial multiplier (thesis: 1)",
+    )
+    g.add_argument(
+        "--dual",
+        choices=common.DUALS,
+        default="scalar",
+        help="the multipliers (beyond the thesis but scalar): scalar (the thesis' one lambda, "
+        "Algorithm 1); per-instance (one lambda_i per training instance, lambda_i += step * its "
+        "own violation once an epoch); augmented (the same lambda_i, raised by rho * nu_i, and "
+        "rho/2 * nu_i^2 in the loss); dual-net (a network maps the instance's inputs to lambda, "
+        "trained by ascent on the Lagrangian; primal-dual learning)",
+    )
+    g.add_argument(
+        "--rho",
+        type=common.positive_float,
+        help="--dual augmented: penalty rho of the augmented Lagrangian, also the multiplier "
+        "step (the method of multipliers); default: the per-instance step",
+    )
+    g.add_argument(
+        "--dual-lr",
+        type=common.positive_float,
+        default=common.DUAL_NET_LR,
+        help="--dual dual-net: Adam learning rate of the dual network",
+    )
+    g.add_argument(
+        "--max-grad-norm",
+        type=common.nonnegative_float,
+        help="clip the gradient norm to this, 0: no clipping "
+        "(thesis: fc 10, ldf 0.5, pre-trained 10)",
+    )
+    g.add_argument(
+        "--violation",
+        choices=["raw", "relative"],
+        default="raw",
+        help="raw: max(0, sum_i x_i w_i - W) in weight units (thesis code); relative: divided by W",
+    )
+    g.add_argument(
+        "--k",
+        type=common.positive_float,
+        default=25.0,
+        help="sharpness of the rounding surrogate (eq. 13; thesis: 25)",
+    )
+    g.add_argument(
+        "--mu",
+        type=common.nonnegative_float,
+        nargs="+",
+        default=[0.0, 0.2, 1.0, 10.0],
+        help="mu values of the mu-loss (eq. 15: validation BCE summed over items "
+        "+ mu * violation); one best checkpoint is kept per mu",
+    )
+    g.add_argument(
+        "--select-mu",
+        type=common.nonnegative_float,
+        default=1.0,
+        help="the mu whose best checkpoint LDF reports (thesis: the 1-loss); FC reports its best "
+        "validation AR",
+    )
+    g.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="bf16: bfloat16 autocast for the network (training and inference); auto: bf16 on "
+        "CUDA and on CPUs with AMX or AVX-512 BF16, else fp32",
+    )
+    g.add_argument(
+        "--grid", action="store_true", help="run the Table 1 grid (lr x step x grad norm)"
+    )
+    g.add_argument(
+        "--grid-lr",
+        type=common.positive_float,
+        nargs="+",
+        help="learning rates of the grid (default: the thesis' Table 1 for the model)",
+    )
+    g.add_argument(
+        "--grid-step",
+        type=common.nonnegative_float,
+        nargs="+",
+        help="Lagrangian steps of the grid (default: Table 1)",
+    )
+    g.add_argument(
+        "--grid-max-grad-norm",
+        type=common.nonnegative_float,
+        nargs="+",
+        help="gradient-norm limits of the grid (default: Table 1)",
+    )
+    g = p.add_argument_group("evaluation")
+    g.add_argument(
+        "--decode",
+        choices=["raw", "repair", "swap"],
+        default="raw",
+        help="which decode results.json calls 'test' (the tables show all three, and greedy); "
+        "repair takes the model's items by falling probability while they fit, then fills "
+        "greedily; swap then exchanges single items while that gains value",
+    )
+    g.add_argument(
+        "--eval-items",
+        type=items_arg,
+        nargs="+",
+        default=[],
+        help="set arch: also evaluate on fresh instances with these n, without retraining",
+    )
+    g.add_argument(
+        "--eval-instances",
+        type=common.positive_int,
+        default=3000,
+        help="instances per --eval-items n",
+    )
+    g.add_argument(
+        "--tradeoff",
+        metavar="DIR",
+        help="plot AR against %% violated for every results.json under DIR, then stop",
+    )
+    g = p.add_argument_group("running")
+    g.add_argument(
+        "--seed",
+        type=common.nonnegative_int,
+        default=0,
+        help="seeds instances, split, initialisation and batches",
+    )
+    g.add_argument("--out", help="output folder (default runs/knapsack/<model>)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument(
+        "--threads",
+        type=common.positive_int,
+        help="torch threads (default: the cores this process may use)",
+    )
+    g.add_argument("--fresh", action="store_true", help="start over instead of resuming last.pt")
+    g.add_argument(
+        "--eval-only",
+        metavar="CKPT",
+        help="evaluate a saved checkpoint on its test split and stop",
+    )
+    g.add_argument(
+        "--labels-only", action="store_true", help="make instances and labels, then stop"
+    )
+    args = p.parse_args(argv)
+    check_args(p, args, argv)
+    return args
 
 
 def main(argv=None):

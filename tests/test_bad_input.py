@@ -155,3 +155,13 @@ def test_two_runs_on_one_label_folder_solve_each_chunk_once(tmp_path):
     out, err = second.communicate(timeout=120)
     assert second.returncode == 0 and out.strip() == "done", err
     assert "labels (ortools)" not in err  # it solved nothing
+
+
+def test_abbreviated_flags_get_the_same_checks(capsys):
+    """argparse takes unique prefixes; the checks of which flags were given see them too."""
+    with pytest.raises(SystemExit):
+        ks.parse_args(["--eval-o", "missing.pt"])
+    assert "--eval-only: no such file missing.pt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ks.parse_args(["--model", "fc", "--ste", "1e-3"])
+    assert "--step moves the LDF multiplier" in capsys.readouterr().err

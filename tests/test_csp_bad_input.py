@@ -398,7 +398,6 @@ def test_a_corrupt_compressed_tsf_names_the_file(tmp_path):
         (["--mode", "figure2", "--instance", "x"], "--mode figure2 does not use --instance"),
         (["--model", "fc", "--step", "1"], "--step: the LDF model's settings"),
         (["--seed", "-1"], "--seed: expected an integer >= 0"),
-        (["--device", "bogus"], "--device"),
         (["--kernels", "0,0,0"], "--kernels: expected comma-separated positive integers"),
         (["--conv", "0,4,4"], "--conv: expected comma-separated positive integers"),
         (["--pool", "5000"], "--pool 5000: wider than the series"),

@@ -404,7 +404,8 @@ def test_end_to_end_table_matches_saved_predictions(tmp_path):
     assert sum(q["n"] for q in res["test"]["quintiles"]) == 30
     assert res["greedy"]["all"]["pct_violated"] == 0.0
     assert res["greedy"]["all"]["ar"] >= 1.0
-    # the multiplier moved by exactly s * (sum of hard-rounded training violations) after each epoch
+    # the multiplier rose from lambda0 = 1 (test_multiplier_update_uses_training_violation checks
+    # that it moved by exactly s * the hard-rounded training violations)
     hist = res["history"]
     assert hist[0]["multiplier"] > 1.0
     for name in [

@@ -27,6 +27,15 @@ def brute_force_value(w, v, capacity):
     return value[weight <= capacity].max()
 
 
+def assert_optimal_at_shares(w, v, shares, case):
+    """exact.solve at capacities floor(share * total weight): feasible, 0/1, brute force's value."""
+    for share in shares:
+        capacity = np.floor(share * w.sum())
+        x = exact.solve(w, v, capacity)
+        assert set(np.unique(x)) <= {0, 1} and x @ w <= capacity
+        assert x @ v == brute_force_value(w, v, capacity), (*case, share)
+
+
 def dp_value(w, v, capacity):
     """Optimal value by dynamic programming over the capacity (integer weights)."""
     best = np.zeros(int(np.floor(capacity)) + 1)
@@ -119,11 +128,7 @@ def test_identical_items_bundled_equal_brute_force():
         for kinds in (1, 2, 3):
             for high in (5, 1000):
                 w, v = identical_items(rng, n_items, kinds, high)
-                for share in (0.1, 0.3, 0.5, 0.7, 0.95):
-                    capacity = np.floor(share * w.sum())
-                    x = exact.solve(w, v, capacity)
-                    assert set(np.unique(x)) <= {0, 1} and x @ w <= capacity
-                    assert x @ v == brute_force_value(w, v, capacity), (n_items, kinds, share)
+                assert_optimal_at_shares(w, v, (0.1, 0.3, 0.5, 0.7, 0.95), (n_items, kinds))
 
 
 @pytest.mark.parametrize("random_items", [0, 60, 200])
@@ -161,11 +166,8 @@ def test_items_of_one_or_two_ratios_equal_brute_force():
         for ratios in (1, 2, 3):
             for _ in range(3):
                 w, v = multiples_of_ratios(rng, n_items, ratios, 10)
-                for share in (0.0, 0.2, 0.45, 0.7, 0.9, 1.0):
-                    capacity = np.floor(share * w.sum())
-                    x = exact.solve(w, v, capacity)
-                    assert set(np.unique(x)) <= {0, 1} and x @ w <= capacity
-                    assert x @ v == brute_force_value(w, v, capacity), (n_items, ratios, share)
+                shares = (0.0, 0.2, 0.45, 0.7, 0.9, 1.0)
+                assert_optimal_at_shares(w, v, shares, (n_items, ratios))
 
 
 @pytest.mark.parametrize("largest_multiple", [10, 300, 3000])

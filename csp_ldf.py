@@ -63,6 +63,7 @@ from common import (  # noqa: E402
     positive_int,
     set_seed,
 )
+from csrc import csp as csp_op  # noqa: E402
 
 # ---- time
 DAY = 96  # slots per day
@@ -2376,6 +2377,15 @@ CENTS = 100  # min-cut capacities are integers: costs in cents
 CUT_INFINITE = 2**30  # capacity of an edge the minimum cut may not cross
 NO_COLUMN = CUT_INFINITE // 4  # capacity of a day on which a class has no column that fits
 MAX_PASSES = 50  # improvement passes over all moves (each pass lowers the cost, or it stops)
+IMPROVE_SETTINGS = (  # the constants above, in the order the op ldf_ip::csp_improve reads them
+    IMPROVE_EPS,
+    EJECTION_TARGETS,
+    CHAIN_LIMIT,
+    MAX_PASSES,
+    CENTS,
+    CUT_INFINITE,
+    NO_COLUMN,
+)
 
 
 def topological_order(inst):
@@ -2427,6 +2437,7 @@ def schedule_space(mip):
         n=n,
         n_rec=inst["n_rec"],
         T=T,
+        cls=cols["cls"],
         by_class=by_class,
         class_day=[cols["day"][ks] for ks in by_class],
         class_start=class_start,
@@ -2715,7 +2726,7 @@ def _eject(schedule, a, cost):
     room_ok = schedule.feasible(a)
     schedule.put(a, old)
     blocked = np.flatnonzero(precedence_ok & ~room_ok & (cost[ks] < old_cost - IMPROVE_EPS))
-    for j in blocked[np.argsort(cost[ks[blocked]])][:EJECTION_TARGETS]:
+    for j in blocked[np.argsort(cost[ks[blocked]], kind="stable")][:EJECTION_TARGETS]:
         k = ks[j]
         in_way = _in_way(schedule, a, k)
 
@@ -2779,15 +2790,15 @@ def _shift_chain(schedule, a, cost, floor):
     return False
 
 
-def improve(space, chosen, cost, seconds=None, longest=None):
+def improve_python(space, chosen, cost, seconds=None, longest=None):
     """Local improvement of a feasible class schedule (the CSP analogue of knapsack's swaps):
     while a move lowers the cost -- one class to its cheapest feasible start, a once-off class
     added or dropped (_move_one); a class with its precedence descendants on another day
     (_shift_chain); a class onto a start that rooms block, the classes in its way re-placed
     (_eject, a swap when one class blocks) -- make it. Every move keeps the schedule feasible.
     With `seconds`, it ends within that much wall time: a move starts only where the longest
-    move of its kind so far still fits before the deadline. longest: {move: seconds}, the
-    longest moves timed so far, updated here (pass one dict for many schedules so that the
+    move of its kind so far still fits before the deadline. longest: {move's name: seconds},
+    the longest moves timed so far, updated here (pass one dict for many schedules so that the
     estimates carry over). -> (chosen columns, passes)."""
     started = time.perf_counter()
     deadline = np.inf if seconds is None else started + seconds
@@ -2800,25 +2811,41 @@ def improve(space, chosen, cost, seconds=None, longest=None):
         for a in space["order"][: space["n_rec"]]
         if 0 < len(_descendants(space, a)) <= CHAIN_LIMIT
     ]
-    moves = (  # cheap moves first
-        (_move_one, space["order"], ()),
-        (_place_once_off, [space["n_rec"]], ()),
-        (_shift_chain, with_successors, (floor,)),
-        (_eject, space["order"], ()),
+    moves = (  # cheap moves first; their names as csp_op.MOVES gives them
+        ("move_one", _move_one, space["order"], ()),
+        ("place_once_off", _place_once_off, [space["n_rec"]], ()),
+        ("shift_chain", _shift_chain, with_successors, (floor,)),
+        ("eject", _eject, space["order"], ()),
     )
     passes = 0
     moved = True
     while moved and passes < MAX_PASSES:
         passes += 1
         moved = False
-        for move, classes, extra in moves:
+        for name, move, classes, extra in moves:
             for a in classes:
                 before = time.perf_counter()
-                if before + longest.get(move, 0.0) > deadline:
+                if before + longest.get(name, 0.0) > deadline:
                     return schedule.chosen.copy(), passes
                 moved |= move(schedule, a, cost, *extra)
-                longest[move] = max(longest.get(move, 0.0), time.perf_counter() - before)
+                longest[name] = max(longest.get(name, 0.0), time.perf_counter() - before)
     return schedule.chosen.copy(), passes
+
+
+def improve(space, chosen, cost, seconds=None, longest=None, compiled=None):
+    """improve_python, move for move, by the C++ op ldf_ip::csp_improve (csrc/csp_improve.h) where
+    it runs here (compiled=None), or as asked (True: the op, False: Python); both keep their
+    move-time estimates in `longest` under the same names. -> (chosen columns, passes)."""
+    if compiled is None:
+        compiled = csp_op.available()
+    if not compiled:
+        return improve_python(space, chosen, cost, seconds, longest)
+    if "packed" not in space:
+        space["packed"] = csp_op.pack(space)
+    improved, passes = csp_op.improve(
+        space["packed"], IMPROVE_SETTINGS, chosen, cost, seconds, longest
+    )
+    return improved[0], int(passes[0])
 
 
 # ================================================================ 4.4 evaluate

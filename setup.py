@@ -1,5 +1,6 @@
-"""Ahead-of-time build of the ops of csrc/ (loaded by csrc/ops.py): the one-hot surrogate and the
-exact knapsack solver (knapsack_exact, csrc/knapsack.cpp):
+"""Ahead-of-time build of the ops of csrc/ (loaded by csrc/ops.py): the one-hot surrogate, the
+exact knapsack solver (knapsack_exact, csrc/knapsack.cpp) and the CSP local improvement
+(csp_improve, csrc/csp_improve.cpp):
 
     python setup.py build_ext --inplace          # or: pip install --no-build-isolation -e .
 
@@ -16,11 +17,10 @@ from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 from csrc.ops import (
-    CPU_SOURCE,
+    CPU_SOURCES,
     CUDA_FLAGS,
     CUDA_SOURCE,
     CXX_FLAGS,
-    KNAPSACK_SOURCE,
     LINK_FLAGS,
     PREBUILT_MODULE,
     WITH_CUDA_MACRO,
@@ -31,7 +31,7 @@ FORCE_CUDA_ENV = "LDF_IP_CUDA"
 build_cuda = CUDA_HOME is not None and (
     torch.cuda.is_available() or os.environ.get(FORCE_CUDA_ENV) == "1"
 )
-sources = [os.path.join("csrc", source) for source in (CPU_SOURCE, KNAPSACK_SOURCE)]
+sources = [os.path.join("csrc", source) for source in CPU_SOURCES]
 if build_cuda:
     sources.append(os.path.join("csrc", CUDA_SOURCE))
     extension = CUDAExtension(

@@ -38,7 +38,9 @@ REPO_ROOT = os.path.dirname(CSRC_DIR)
 CPU_SOURCE = "onehot.cpp"
 CUDA_SOURCE = "onehot_cuda.cu"
 KNAPSACK_SOURCE = "knapsack.cpp"  # ldf_ip::knapsack_exact (csrc/knapsack.py), in the same library
-HEADERS = ("onehot.h", "onehot_kernels.h", "knapsack.h")
+CSP_SOURCE = "csp_improve.cpp"  # ldf_ip::csp_improve (csrc/csp.py), in the same library
+CPU_SOURCES = (CPU_SOURCE, KNAPSACK_SOURCE, CSP_SOURCE)  # the library's C++ sources
+HEADERS = ("onehot.h", "onehot_kernels.h", "knapsack.h", "csp_improve.h")
 
 PREBUILT_MODULE = "_ldf_ip_ops"  # built by setup.py; importing it registers the op
 WITH_CUDA_MACRO = "LDF_IP_WITH_CUDA"  # setup.py defines it when it compiles the CUDA kernels in
@@ -57,6 +59,8 @@ BUILD_ERRORS = (OSError, RuntimeError, ImportError, subprocess.SubprocessError)
 OP = "ldf_ip::onehot_surrogate"
 KNAPSACK_OP = "ldf_ip::knapsack_exact"
 KNAPSACK_FALLBACK = "the exact knapsack solver falls back to numpy (knapsack_ldf.solve_core)"
+CSP_OP = "ldf_ip::csp_improve"
+CSP_FALLBACK = "the CSP local improvement falls back to Python (csp_ldf.improve_python)"
 BACKWARD_OP = "ldf_ip::onehot_surrogate_backward"
 DEFAULT_K = 20.0
 FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -163,7 +167,7 @@ def _jit_build():
 
     cuda = torch.cuda.is_available() and CUDA_HOME is not None
     name = JIT_NAME_CUDA if cuda else JIT_NAME_CPU
-    sources = [os.path.join(CSRC_DIR, source) for source in (CPU_SOURCE, KNAPSACK_SOURCE)]
+    sources = [os.path.join(CSRC_DIR, source) for source in CPU_SOURCES]
     if cuda:
         sources.append(os.path.join(CSRC_DIR, CUDA_SOURCE))
     build_dir = os.environ.get(BUILD_DIR_ENV) or os.path.join(REPO_ROOT, "build", "jit-" + name)
@@ -187,8 +191,8 @@ def _jit_build():
         kind = "C++/CUDA" if cuda else "C++"
         seconds = time.time() - start
         print(
-            f"ldf-ip: onehot_surrogate and knapsack_exact use the {kind} extension (JIT-built "
-            f"in {seconds:.0f} s into {os.path.normpath(build_dir)})",
+            f"ldf-ip: onehot_surrogate, knapsack_exact and csp_improve use the {kind} extension "
+            f"(JIT-built in {seconds:.0f} s into {os.path.normpath(build_dir)})",
             file=sys.stderr,
         )
     return cuda
@@ -311,8 +315,27 @@ def _backend():
     return _backend_state["impl"], _backend_state["cuda"]
 
 
-# ---------------------------------------------------------------- the knapsack op
-_knapsack_state = {}  # what knapsack_op_loaded() found
+# ---------------------------------------------------------------- the other ops of the library
+_loaded_ops = {}  # op -> whether _op_loaded() found it runs
+
+
+def _op_loaded(op, fallback, fake):
+    """Whether `op` ("ldf_ip::name") can run: its library is loaded (or built) on the first call,
+    whatever LDF_IP_ONEHOT says, and its fake kernel registered; else a warning, once."""
+    if op not in _loaded_ops:
+        impl, _cuda = _load_library(fallback)
+        name = op.split("::")[1]
+        loaded = impl != "torch" and hasattr(torch.ops.ldf_ip, name)
+        if impl != "torch" and not loaded:
+            warnings.warn(
+                f"ldf-ip: {fallback}, the prebuilt {PREBUILT_MODULE} has no {name} "
+                "(rebuild it: python setup.py build_ext --inplace)",
+                stacklevel=3,
+            )
+        if loaded:
+            torch.library.register_fake(op)(fake)
+        _loaded_ops[op] = loaded
+    return _loaded_ops[op]
 
 
 def _knapsack_fake(weights, values, capacity, time_limit):
@@ -325,21 +348,21 @@ def _knapsack_fake(weights, values, capacity, time_limit):
 
 
 def knapsack_op_loaded():
-    """Whether ldf_ip::knapsack_exact (csrc/knapsack.cpp) can run: its library is loaded (or
-    built) on the first call, whatever LDF_IP_ONEHOT says; else a warning, once."""
-    if not _knapsack_state:
-        impl, _cuda = _load_library(KNAPSACK_FALLBACK)
-        loaded = impl != "torch" and hasattr(torch.ops.ldf_ip, "knapsack_exact")
-        if impl != "torch" and not loaded:
-            warnings.warn(
-                f"ldf-ip: {KNAPSACK_FALLBACK}, the prebuilt {PREBUILT_MODULE} has no "
-                "knapsack_exact (rebuild it: python setup.py build_ext --inplace)",
-                stacklevel=2,
-            )
-        if loaded:
-            torch.library.register_fake(KNAPSACK_OP)(_knapsack_fake)
-        _knapsack_state["loaded"] = loaded
-    return _knapsack_state["loaded"]
+    """Whether ldf_ip::knapsack_exact (csrc/knapsack.cpp) can run (see _op_loaded)."""
+    return _op_loaded(KNAPSACK_OP, KNAPSACK_FALLBACK, _knapsack_fake)
+
+
+def _csp_fake(space, settings, chosen, cost, seconds, longest):
+    return (
+        chosen.new_empty(chosen.shape),
+        chosen.new_empty((chosen.shape[0],)),
+        longest.new_empty(longest.shape),
+    )
+
+
+def csp_op_loaded():
+    """Whether ldf_ip::csp_improve (csrc/csp_improve.cpp) can run (see _op_loaded)."""
+    return _op_loaded(CSP_OP, CSP_FALLBACK, _csp_fake)
 
 
 def __getattr__(name):

@@ -5,9 +5,21 @@ import numpy as np
 import pytest
 
 import csp_ldf as C
+from csrc import csp as csp_op
 
 SEEDS = range(6)
 WEEK = 7
+# improve() in Python and by the C++ op (csrc/csp_improve.h), which make the same moves
+IMPLEMENTATIONS = [
+    pytest.param(False, id="python"),
+    pytest.param(
+        True,
+        id="op",
+        marks=pytest.mark.skipif(
+            not csp_op.available(), reason="the C++ CSP op cannot be built here"
+        ),
+    ),
+]
 
 
 def tiny_case(folder, csp_tiny, seed):
@@ -35,8 +47,11 @@ def checked(inst, base, solar, price, space, chosen):
     return cost, sum(bad.values())
 
 
+@pytest.mark.parametrize("compiled", IMPLEMENTATIONS)
 @pytest.mark.parametrize("seed", SEEDS)
-def test_greedy_and_improve_are_feasible_and_improve_never_costs_more(tmp_path, csp_tiny, seed):
+def test_greedy_and_improve_are_feasible_and_improve_never_costs_more(
+    tmp_path, csp_tiny, seed, compiled
+):
     inst, base, solar, price, mip, space, cost = tiny_case(tmp_path, csp_tiny, seed)
     label = C.solve(mip, price, gap=0.0, time_limit=60)
     fallback = C.chosen_columns(space, label["recurring_start"], label["oneoff_start"])
@@ -44,12 +59,12 @@ def test_greedy_and_improve_are_feasible_and_improve_never_costs_more(tmp_path, 
     assert not fell_back
     greedy_cost, bad = checked(inst, base, solar, price, space, greedy)
     assert bad == 0
-    better, _ = C.improve(space, greedy, cost)
+    better, _ = C.improve(space, greedy, cost, compiled=compiled)
     better_cost, bad = checked(inst, base, solar, price, space, better)
     assert bad == 0 and better_cost <= greedy_cost + 1e-9
     assert better_cost >= label["objective"] - 1e-6  # the exact optimum bounds every schedule
     # from the optimum itself improve finds nothing to gain
-    same, _ = C.improve(space, fallback, cost)
+    same, _ = C.improve(space, fallback, cost, compiled=compiled)
     assert checked(inst, base, solar, price, space, same)[0] == pytest.approx(label["objective"])
 
 
@@ -65,14 +80,15 @@ def single_moves(space, chosen):
                 yield moved
 
 
+@pytest.mark.parametrize("compiled", IMPLEMENTATIONS)
 @pytest.mark.parametrize("seed", SEEDS)
-def test_improve_ends_in_a_local_optimum(tmp_path, csp_tiny, seed):
+def test_improve_ends_in_a_local_optimum(tmp_path, csp_tiny, seed, compiled):
     """Enumeration through the checker finds no feasible single move that lowers the cost."""
     inst, base, solar, price, mip, space, cost = tiny_case(tmp_path, csp_tiny, seed)
     start = np.full(space["n"], -1)
     start[: space["n_rec"]] = [space["by_class"][a][-1] for a in range(space["n_rec"])]
     assert checked(inst, base, solar, price, space, start)[1] == 0  # latest starts: feasible
-    better, passes = C.improve(space, start, cost)
+    better, passes = C.improve(space, start, cost, compiled=compiled)
     assert passes < C.MAX_PASSES
     best_cost, bad = checked(inst, base, solar, price, space, better)
     assert bad == 0
@@ -81,22 +97,24 @@ def test_improve_ends_in_a_local_optimum(tmp_path, csp_tiny, seed):
         assert moved_bad or moved_cost >= best_cost - 1e-6
 
 
+@pytest.mark.parametrize("compiled", IMPLEMENTATIONS)
 @pytest.mark.parametrize("seed", SEEDS[:2])
-def test_improve_starts_no_move_that_its_estimates_say_cannot_finish(tmp_path, csp_tiny, seed):
+def test_improve_starts_no_move_that_its_estimates_say_cannot_finish(
+    tmp_path, csp_tiny, seed, compiled
+):
     """The budget is kept by prediction: a move starts only where the longest of its kind so
     far fits; the estimates never change what improve does without a budget."""
     inst, base, solar, price, mip, space, cost = tiny_case(tmp_path, csp_tiny, seed)
     start = np.full(space["n"], -1)
     start[: space["n_rec"]] = [space["by_class"][a][-1] for a in range(space["n_rec"])]
     longest = {}
-    unbounded, _ = C.improve(space, start, cost)
-    estimated, _ = C.improve(space, start, cost, None, longest)
+    unbounded, _ = C.improve(space, start, cost, compiled=compiled)
+    estimated, _ = C.improve(space, start, cost, None, longest, compiled=compiled)
     assert np.array_equal(unbounded, estimated) and not np.array_equal(unbounded, start)
-    moves = {C._move_one, C._place_once_off, C._shift_chain, C._eject}
-    assert set(longest) <= moves and C._move_one in longest
+    assert set(longest) <= set(csp_op.MOVES) and "move_one" in longest
     assert all(seconds >= 0.0 for seconds in longest.values())
-    too_long = dict.fromkeys(moves, 3600.0)  # an hour a move, against a minute's budget
-    same, passes = C.improve(space, start, cost, 60.0, too_long)
+    too_long = dict.fromkeys(csp_op.MOVES, 3600.0)  # an hour a move, against a minute's budget
+    same, passes = C.improve(space, start, cost, 60.0, too_long, compiled=compiled)
     assert np.array_equal(same, start) and passes == 1
 
 

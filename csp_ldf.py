@@ -2371,7 +2371,7 @@ def train(args, ds, run_dir):
 # columns' costs (objective): the price of the class load less the once-off values. The batteries
 # are then dispatched exactly by battery_dispatch. Everything here works on start columns.
 IMPROVE_EPS = 1e-6  # $: a move must lower the cost by more than this
-EJECTION_TARGETS = 2  # per class, the cheapest room-blocked starts an ejection move tries
+EJECTION_TARGETS = 16  # per class, the cheapest room-blocked starts an ejection move tries
 CHAIN_LIMIT = 5  # a recurring class moves with its descendants only where it has this few
 CENTS = 100  # min-cut capacities are integers: costs in cents
 CUT_INFINITE = 2**30  # capacity of an edge the minimum cut may not cross
@@ -2406,7 +2406,8 @@ def schedule_space(mip):
     """What the heuristics need of the MIP's start columns: per class, its columns and their
     days; per column, its slots and its runs (one a week for a recurring class: first slots,
     padded with T, where a run covers no slot); room sizes and needs, predecessors and
-    successors, the static day windows of day_windows and a precedence order."""
+    successors, the static day windows of day_windows and a precedence order; where the C++ op
+    of improve runs, all of that packed for it ("packed")."""
     inst = mip["inst"]
     cols = mip["cols"]
     n = len(inst["dur"])
@@ -2432,7 +2433,7 @@ def schedule_space(mip):
         n_runs = int((run_start[ks] < T).sum(1).max())
         class_start.append(run_start[ks, :n_runs])
         class_end.append(run_start[ks, :n_runs] + inst["dur"][a])
-    return dict(
+    space = dict(
         inst=inst,
         n=n,
         n_rec=inst["n_rec"],
@@ -2458,6 +2459,9 @@ def schedule_space(mip):
         order=order,
         rank=np.argsort(order),
     )
+    if csp_op.available():  # the op's tensors, packed (and the op loaded) before anything is timed
+        space["packed"] = csp_op.pack(space)
+    return space
 
 
 def column_costs(mip, prices):
@@ -2475,6 +2479,7 @@ class ClassSchedule:
         self.chosen = np.full(space["n"], -1)
         self.day = np.full(space["n"], -1)
         self.use = np.zeros((2, space["T"]))  # small and large rooms in use
+        self.deadline = np.inf  # (perf_counter) ejections and chain shifts stop between tries
         for a, k in enumerate(chosen):
             if k >= 0:
                 self.put(a, k)
@@ -2726,7 +2731,10 @@ def _eject(schedule, a, cost):
     room_ok = schedule.feasible(a)
     schedule.put(a, old)
     blocked = np.flatnonzero(precedence_ok & ~room_ok & (cost[ks] < old_cost - IMPROVE_EPS))
-    for j in blocked[np.argsort(cost[ks[blocked]], kind="stable")][:EJECTION_TARGETS]:
+    targets = blocked[np.argsort(cost[ks[blocked]], kind="stable")][:EJECTION_TARGETS]
+    for t, j in enumerate(targets):
+        if t > 0 and time.perf_counter() > schedule.deadline:
+            return False
         k = ks[j]
         in_way = _in_way(schedule, a, k)
 
@@ -2775,7 +2783,9 @@ def _shift_chain(schedule, a, cost, floor):
     descendants_floor = floor[chain[1:]].sum()
     cheapest_per_day[schedule.day[a]] = np.inf  # (its day now: not a move)
     hopeful = np.flatnonzero(cheapest_per_day + descendants_floor < now - IMPROVE_EPS)
-    for d in hopeful:
+    for t, d in enumerate(hopeful):
+        if t > 0 and time.perf_counter() > schedule.deadline:
+            return False
 
         def place(d=d):
             ok = schedule.feasible(a) & (s["day"][ks] == d)
@@ -2797,13 +2807,15 @@ def improve_python(space, chosen, cost, seconds=None, longest=None):
     (_shift_chain); a class onto a start that rooms block, the classes in its way re-placed
     (_eject, a swap when one class blocks) -- make it. Every move keeps the schedule feasible.
     With `seconds`, it ends within that much wall time: a move starts only where the longest
-    move of its kind so far still fits before the deadline. longest: {move's name: seconds},
+    move of its kind so far still fits before the deadline, and an ejection or a chain shift
+    stops between two of its tries once the deadline has passed. longest: {move's name: seconds},
     the longest moves timed so far, updated here (pass one dict for many schedules so that the
     estimates carry over). -> (chosen columns, passes)."""
     started = time.perf_counter()
     deadline = np.inf if seconds is None else started + seconds
     longest = {} if longest is None else longest
     schedule = ClassSchedule(space, chosen)
+    schedule.deadline = deadline
     floor = np.array([cost[ks].min() for ks in space["by_class"]])  # each class's cheapest column
     floor[space["n_rec"] :] = np.minimum(floor[space["n_rec"] :], 0.0)  # or left out
     with_successors = [  # (once-off chains: _place_once_off places them all at once)

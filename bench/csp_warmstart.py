@@ -6,11 +6,17 @@ solved from both starts, one after the other, for each --gaps.
 
     python bench/csp_warmstart.py                           # 20 test scenarios, gaps 1 % and 0.5 %
     python bench/csp_warmstart.py --checkpoint fc.pt --scenarios 50
+    python bench/csp_warmstart.py --checkpoint fc.pt --scenarios 200 --record ws.json
 
-Time it on a quiet machine: the load average is printed with the figures.
+With --record, each scenario's times are written to that JSON file as it finishes (atomically) and
+a later run with the same file skips the scenarios already there, so that a run of hours can be
+stopped and resumed, across sessions; the table covers every recorded scenario.
+
+Time it on a quiet machine: the load average is printed with the figures (and recorded).
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -20,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import csp_ldf as C  # noqa: E402
+from common import atomic_write_json  # noqa: E402
 
 DATASET_LABELS = 2000  # the labels of Tables 7-10 (their 200 test scenarios)
 TIME_LIMIT = 300.0  # seconds a solve, as the labels'
@@ -48,6 +55,7 @@ def main():
     p.add_argument("--gaps", type=float, nargs="+", default=[0.01, 0.005])
     p.add_argument("--checkpoint", help="a CSP network (default: greedy + improve)")
     p.add_argument("--torch-threads", type=int, default=1)
+    p.add_argument("--record", help="JSON file of per-scenario times: resumed, then extended")
     args = p.parse_args()
     C.torch.set_num_threads(args.torch_threads)
 
@@ -68,14 +76,29 @@ def main():
     improved_name = (
         f"{Path(args.checkpoint).stem} + improve" if args.checkpoint else "greedy + improve"
     )
+    record = {"scenarios": {}}
+    if args.record and os.path.exists(args.record):
+        with open(args.record) as f:
+            record = json.load(f)
+    settings = {"checkpoint": args.checkpoint, "gaps": args.gaps, "start": improved_name}
+    settings["ejection_targets"] = C.EJECTION_TARGETS
+    if record.get("settings", settings) != settings:
+        raise SystemExit(
+            f"--record {args.record}: made with {record['settings']}, not {settings}; "
+            "give another file"
+        )
+    record["settings"] = settings
     print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores); {len(rows)} test scenarios")
-    seconds = {}
     for j, i in enumerate(rows):
+        key = str(ds["index"][i])
+        if key in record["scenarios"]:
+            continue
         starts = {
             "reference label": reference,
             improved_name: dict(recurring_start=recurring[j], oneoff_start=oneoff[j]),
         }
-        row = f"scenario {ds['index'][i]}:"
+        row = f"scenario {key}:"
+        times = {"load": os.getloadavg()[0]}
         for gap in args.gaps:
             for start_name, start in starts.items():
                 t0 = time.perf_counter()
@@ -84,19 +107,26 @@ def main():
                 )
                 took = time.perf_counter() - t0
                 reached = label["gap"] <= gap
-                seconds.setdefault((start_name, gap), []).append(took if reached else np.inf)
+                times[f"{start_name} {gap:g}"] = took if reached else None
                 row += f"  {start_name} {100 * gap:g} % {took:5.1f} s"
+        record["scenarios"][key] = times
+        if args.record:
+            atomic_write_json(args.record, record)
         print(row, flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+    done = [record["scenarios"][str(ds["index"][i])] for i in rows]
+    loads = [times["load"] for times in done]
+    print(f"{len(done)} scenarios, load {min(loads):.2f}-{max(loads):.2f} when each began")
     print("| start | proven gap | mean s | median s | max s | reached within the limit |")
     print("|---|---|---|---|---|---|")
-    for (start_name, gap), values in seconds.items():
-        values = np.array(values)
-        done = values[np.isfinite(values)]
-        print(
-            f"| {start_name} | {100 * gap:g} % | {done.mean():.2f} | {np.median(done):.2f} | "
-            f"{done.max():.2f} | {len(done)}/{len(values)} |"
-        )
+    for gap in args.gaps:
+        for start_name in ("reference label", improved_name):
+            values = [times[f"{start_name} {gap:g}"] for times in done]
+            reached = np.array([v for v in values if v is not None])
+            print(
+                f"| {start_name} | {100 * gap:g} % | {reached.mean():.2f} | "
+                f"{np.median(reached):.2f} | {reached.max():.2f} | {len(reached)}/{len(values)} |"
+            )
 
 
 if __name__ == "__main__":

@@ -348,8 +348,11 @@ class Improver {
     for (int64_t b : descendants) descendants_floor += floor[b];
     if (day_[a] >= 0 && day_[a] <= last_day) cheapest_per_day[day_[a]] = kInf;
     std::vector<int64_t> rest(chain.begin() + 1, chain.end());
+    bool first = true;
     for (int64_t d = 0; d <= last_day; ++d) {
       if (!(cheapest_per_day[d] + descendants_floor < now - cfg_.eps)) continue;
+      if (!first && seconds_now() > deadline_) return false;  // (a long move stops in time)
+      first = false;
       const bool kept = attempt(chain, [&] {
         feasible(a, true, true, &ok_);
         int64_t k = -1;
@@ -386,6 +389,7 @@ class Improver {
                      [&](int64_t i, int64_t j) { return cost_[cols[i]] < cost_[cols[j]]; });
     const int64_t tries = std::min<int64_t>(cfg_.ejection_targets, blocked.size());
     for (int64_t t = 0; t < tries; ++t) {
+      if (t > 0 && seconds_now() > deadline_) return false;  // (a long move stops in time)
       const int64_t j = blocked[t];
       const int64_t k = cols[j];
       const std::vector<int64_t> in_way = this->in_way(a, k);
@@ -407,8 +411,10 @@ class Improver {
   enum Move { kMoveOne = 0, kPlaceOnceOff = 1, kShiftChain = 2, kEject = 3, kMoves = 4 };
 
   // csp_ldf.improve from `start`: -> passes. longest[kMoves]: the longest move of each kind so far
-  // (seconds), read and updated; deadline: steady_clock seconds (inf: none).
+  // (seconds), read and updated; deadline: steady_clock seconds (inf: none), which also ends an
+  // ejection or a chain shift between two of its tries.
   int64_t improve(const int64_t* start, double deadline, double* longest) {
+    deadline_ = deadline;
     for (int64_t a = 0; a < s_.n; ++a) {
       if (start[a] >= 0) put(a, start[a]);
     }
@@ -575,6 +581,7 @@ class Improver {
   const Space& s_;
   const Settings& cfg_;
   const double* cost_;
+  double deadline_ = kInf;
   std::vector<int64_t> chosen_, day_, count_;
   std::vector<double> use_;
   std::vector<char> ok_, precedence_ok_;

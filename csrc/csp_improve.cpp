@@ -110,6 +110,7 @@ static csp::Space read_space(at::TensorList space) {
                   " follows a recurring class");
     }
   }
+  s.index();
   return s;
 }
 

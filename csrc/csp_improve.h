@@ -44,14 +44,44 @@ struct Space {
   const double* need = nullptr;    // (n,): rooms the class takes
   double room_cap[2] = {0.0, 0.0};
 
+  // Derived by index(): whether each class's columns run in order of day (then a day window is
+  // one range of them), and over the columns' positions in class_cols, the first slot of any run
+  // from there on (suffix minimum) and the end of any run up to there (prefix maximum): the slots
+  // whose rooms a range of columns reads.
+  std::vector<char> by_day;
+  std::vector<int64_t> slots_from, slots_to;
+
   int64_t first(int64_t a) const { return class_ptr[a]; }
   int64_t count(int64_t a) const { return class_ptr[a + 1] - class_ptr[a]; }
+
+  void index() {
+    by_day.assign(n, 1);
+    slots_from.assign(class_ptr[n], T);
+    slots_to.assign(class_ptr[n], 0);
+    for (int64_t a = 0; a < n; ++a) {
+      int64_t from = T, to = 0;
+      for (int64_t i = class_ptr[a + 1] - 1; i >= class_ptr[a]; --i) {
+        const int64_t k = class_cols[i];
+        for (int64_t r = 0; r < n_runs; ++r) from = std::min(from, col_runs[k * n_runs + r]);
+        slots_from[i] = from;
+        if (i > class_ptr[a] && col_day[class_cols[i - 1]] > col_day[k]) by_day[a] = 0;
+      }
+      for (int64_t i = class_ptr[a]; i < class_ptr[a + 1]; ++i) {
+        const int64_t k = class_cols[i];
+        for (int64_t r = 0; r < n_runs; ++r) {
+          const int64_t run = col_runs[k * n_runs + r];
+          if (run < T) to = std::max(to, std::min(run + col_dur[k], T));
+        }
+        slots_to[i] = to;
+      }
+    }
+  }
 };
 
 // csp_ldf's constants of the improvement.
 struct Settings {
   double eps = 1e-6;             // IMPROVE_EPS
-  int64_t ejection_targets = 2;  // EJECTION_TARGETS
+  int64_t ejection_targets = 16;  // EJECTION_TARGETS
   int64_t chain_limit = 5;       // CHAIN_LIMIT
   int64_t max_passes = 50;       // MAX_PASSES
   double cents = 100.0;          // CENTS
@@ -188,14 +218,25 @@ class Improver {
   }
 
   // ClassSchedule.feasible: ok[j] for class a's j-th column (a taken out by the caller)
+  // (only the columns inside the day window are looked at where the class's columns run in order
+  // of day, and only the slots those columns cover)
   void feasible(int64_t a, bool rooms, bool precedence, std::vector<char>* ok) {
     const int64_t m = s_.count(a);
     ok->assign(m, 0);
     int64_t lo = 0, hi = s_.days;
     if (precedence && !window(a, &lo, &hi)) return;
-    if (rooms) blocked_counts(a);
     const int64_t* cols = s_.class_cols + s_.first(a);
-    for (int64_t j = 0; j < m; ++j) {
+    int64_t j0 = 0, j1 = m;
+    if (s_.by_day[a]) {
+      const auto day_of = [&](int64_t k, int64_t d) { return s_.col_day[k] < d; };
+      j0 = std::lower_bound(cols, cols + m, lo, day_of) - cols;
+      j1 = std::lower_bound(cols + j0, cols + m, hi + 1, day_of) - cols;
+    }
+    if (j0 >= j1) return;
+    if (rooms) {
+      blocked_counts(a, s_.slots_from[s_.first(a) + j0], s_.slots_to[s_.first(a) + j1 - 1]);
+    }
+    for (int64_t j = j0; j < j1; ++j) {
       const int64_t k = cols[j];
       const int64_t d = s_.col_day[k];
       if (d < lo || d > hi) continue;
@@ -481,12 +522,13 @@ class Improver {
   }
 
   // count_[t]: the slots before t where class a's rooms do not fit beside the others'
-  void blocked_counts(int64_t a) {
+  // (over the slots from..to only: the columns looked at cover no others)
+  void blocked_counts(int64_t a, int64_t from, int64_t to) {
     const double* use = use_.data() + s_.size[a] * s_.T;
     const double cap = s_.room_cap[s_.size[a]];
     const double need = s_.need[a];
-    count_[0] = 0;
-    for (int64_t t = 0; t < s_.T; ++t) count_[t + 1] = count_[t] + (use[t] + need > cap);
+    count_[from] = 0;
+    for (int64_t t = from; t < to; ++t) count_[t + 1] = count_[t] + (use[t] + need > cap);
   }
 
   bool room_blocked(int64_t k) const {

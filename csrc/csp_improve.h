@@ -30,7 +30,7 @@ struct Space {
   const int64_t* col_day = nullptr;    // (columns,)
   const int64_t* col_dur = nullptr;    // (columns,)
   const int64_t* col_runs = nullptr;   // (columns, n_runs): first slot of each run, T: none
-  const int64_t* class_ptr = nullptr;  // (n + 1,): class a's columns are class_cols[ptr[a]:ptr[a+1]]
+  const int64_t* class_ptr = nullptr;  // (n + 1,): class a's columns: class_cols[ptr[a]:ptr[a+1]]
   const int64_t* class_cols = nullptr;
   const int64_t* prec_ptr = nullptr;  // predecessors, CSR
   const int64_t* prec = nullptr;
@@ -479,9 +479,9 @@ class Improver {
       ++passes;
       moved = false;
       for (int move = 0; move < kMoves; ++move) {
-        const int64_t n_classes = move == kPlaceOnceOff   ? 1
-                                  : move == kShiftChain ? static_cast<int64_t>(with_successors.size())
-                                                        : s_.n;
+        int64_t n_classes = s_.n;  // move_one and eject: every class, in precedence order
+        if (move == kPlaceOnceOff) n_classes = 1;  // all once-off classes at once
+        if (move == kShiftChain) n_classes = static_cast<int64_t>(with_successors.size());
         for (int64_t i = 0; i < n_classes; ++i) {
           const double before = seconds_now();
           if (before + longest[move] > deadline) return passes;

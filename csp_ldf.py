@@ -10,7 +10,8 @@ The file follows the thesis, each section using only what is defined above it:
 - 4.3 loss: cross-entropy and the battery violation through the one-hot surrogate (eq. 16-18);
 - measures (Tables 7-9), through the checker;
 - 4.3 train: FC and LDF through common.train_ldf;
-- 4.4 schedules without learning (greedy, min-cut once-offs) and the local improvement;
+- 4.4 schedules without learning (greedy, min-cut once-offs) and the local improvement (also a
+  C++ op, csrc/csp_improve.h, that makes the same moves);
 - 4.4 evaluate: decodes (raw, repaired, redispatched, improved), Tables 7-10;
 - the command line and main.
 

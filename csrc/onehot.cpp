@@ -3,6 +3,7 @@
 // the fake kernels are registered from Python, in csrc/ops.py, with torch.library.
 #include <Python.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <torch/library.h>
 
 #if defined(__linux__)
@@ -11,6 +12,7 @@
 
 #include "onehot.h"
 #include "onehot_kernels.h"
+#include "onehot_vec.h"
 
 // setup.py defines it where it compiles onehot_cuda.cu into the same library.
 #ifndef LDF_IP_WITH_CUDA
@@ -55,16 +57,31 @@ static at::Tensor empty_output(const at::Tensor& like) {
   return t;
 }
 
-// The AVX2 kernels of onehot_kernels.h take contiguous rows (inner == 1) where the CPU has
-// AVX2+FMA; they leave what they do not handle (other C, the last < 8 rows of a chunk) to the loops
-// below.
-static bool use_avx2(const Layout& L) {
-#ifdef LDF_HAVE_AVX2_KERNELS
-  return L.inner == 1 && avx2::cpu_has_avx2();
+// The SIMD kernels of onehot_vec.h take contiguous rows (inner == 1) and leave what they do not
+// handle (other C, the last rows of a chunk that do not fill a vector) to the loops below. Their
+// capability follows ATen's (at::get_cpu_capability: the CPU's, unless ATEN_CPU_CAPABILITY lowers
+// it), as PyTorch's own kernels do: AVX2 from "AVX2" up, else DEFAULT.
+static bool use_avx2_kernels() {
+#ifdef LDF_VEC_HAVE_AVX2
+  static const bool avx2 = [] {
+    const std::string capability = at::get_cpu_capability();
+    return capability == "AVX2" || capability == "AVX512";
+  }();
+  return avx2;
 #else
-  (void)L;
   return false;
 #endif
+}
+
+template <typename T>
+static const VecRowKernels<T>* vec_kernels(const Layout& L) {
+  if (L.inner != 1) return nullptr;
+#ifdef LDF_VEC_HAVE_AVX2
+  static const VecRowKernels<T> avx2 = AVX2::row_kernels<T>();
+  if (use_avx2_kernels()) return &avx2;
+#endif
+  static const VecRowKernels<T> fallback = DEFAULT::row_kernels<T>();
+  return &fallback;
 }
 
 // The row loops are compiled twice on x86-64 GCC, for AVX2+FMA and for the baseline, and picked at
@@ -124,11 +141,9 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& z_in, double k,
     const scalar_t* zp = z.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     int64_t* ip = index.mutable_data_ptr<int64_t>();
-    const bool simd = use_avx2(L);
+    const VecRowKernels<scalar_t>* simd = vec_kernels<scalar_t>(L);
     at::parallel_for(0, L.rows, grain(L.C), [&](int64_t r0, int64_t r1) {
-#ifdef LDF_HAVE_AVX2_KERNELS
-      if (simd) r0 = avx2::forward_rows(zp, op, ip, L.C, r0, r1);  // leaves the rows it does not do
-#endif
+      if (simd) r0 = simd->forward(zp, op, ip, L.C, r0, r1);  // leaves the rows it does not do
       if (r0 < r1) forward_rows(zp, op, ip, L, r0, r1);
     });
   });
@@ -146,15 +161,13 @@ at::Tensor backward_cpu(const at::Tensor& grad, const at::Tensor& z_in, const at
     const scalar_t* zp = z.const_data_ptr<scalar_t>();
     const int64_t* ip = index.const_data_ptr<int64_t>();
     scalar_t* gzp = gz.mutable_data_ptr<scalar_t>();
-    const bool simd = use_avx2(L);
+    const VecRowKernels<scalar_t>* simd = vec_kernels<scalar_t>(L);
     at::parallel_for(0, L.rows, grain(L.C), [&](int64_t r0, int64_t r1) {
-#ifdef LDF_HAVE_AVX2_KERNELS
-      if (simd) r0 = avx2::backward_rows(gp, zp, ip, gzp, L.C, static_cast<scalar_t>(k), r0, r1);
+      if (simd) r0 = simd->backward(gp, zp, ip, gzp, L.C, static_cast<scalar_t>(k), r0, r1);
       if (r0 < 0) {  // an index out of range
         ok = false;
         return;
       }
-#endif
       if (r0 < r1 && !backward_rows(gp, zp, ip, gzp, L, static_cast<scalar_t>(k), r0, r1))
         ok = false;
     });

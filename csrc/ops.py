@@ -39,8 +39,19 @@ CPU_SOURCE = "onehot.cpp"
 CUDA_SOURCE = "onehot_cuda.cu"
 KNAPSACK_SOURCE = "knapsack.cpp"  # ldf_ip::knapsack_exact (csrc/knapsack.py), in the same library
 CSP_SOURCE = "csp_improve.cpp"  # ldf_ip::csp_improve (csrc/csp.py), in the same library
-CPU_SOURCES = (CPU_SOURCE, KNAPSACK_SOURCE, CSP_SOURCE)  # the library's C++ sources
-HEADERS = ("onehot.h", "onehot_kernels.h", "knapsack.h", "csp_improve.h")
+# the one-hot op's SIMD kernels, once per CPU capability (csrc/onehot_vec.h); the AVX2 one last, so
+# that the linker meets the baseline copy of any inline function first
+VEC_SOURCES = ("onehot_vec_default.cpp", "onehot_vec_avx2.cpp")
+# the library's C++ sources
+CPU_SOURCES = (CPU_SOURCE, KNAPSACK_SOURCE, CSP_SOURCE, *VEC_SOURCES)
+HEADERS = (
+    "onehot.h",
+    "onehot_kernels.h",
+    "onehot_vec.h",
+    "onehot_vec_kernels.h",
+    "knapsack.h",
+    "csp_improve.h",
+)
 
 PREBUILT_MODULE = "_ldf_ip_ops"  # built by setup.py; importing it registers the op
 WITH_CUDA_MACRO = "LDF_IP_WITH_CUDA"  # setup.py defines it when it compiles the CUDA kernels in
@@ -160,6 +171,11 @@ def onehot_surrogate_torch(z, k=DEFAULT_K, dim=-1):
 
 
 # ---------------------------------------------------------------- the C++ op: loading
+def jit_build_dir(name):
+    """Where the JIT build of library `name` goes: $LDF_IP_BUILD_DIR, else build/jit-<name>/."""
+    return os.environ.get(BUILD_DIR_ENV) or os.path.join(REPO_ROOT, "build", "jit-" + name)
+
+
 def _jit_build():
     """JIT-build the C++ op (and its CUDA kernels when torch sees a GPU and CUDA_HOME is set) and
     load it; return whether it has the CUDA kernels."""
@@ -170,7 +186,7 @@ def _jit_build():
     sources = [os.path.join(CSRC_DIR, source) for source in CPU_SOURCES]
     if cuda:
         sources.append(os.path.join(CSRC_DIR, CUDA_SOURCE))
-    build_dir = os.environ.get(BUILD_DIR_ENV) or os.path.join(REPO_ROOT, "build", "jit-" + name)
+    build_dir = jit_build_dir(name)
     os.makedirs(build_dir, exist_ok=True)
 
     library = os.path.join(build_dir, name + ".so")

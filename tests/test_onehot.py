@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import warnings
 
 import pytest
@@ -224,10 +225,10 @@ def test_non_contiguous(make):
 
 
 # ------------------------------------------------------------------------------------ infinities
-# Row lengths that reach every CPU kernel: C = 1 and 5..15 (scalar short rows), 2..4 (AVX2 rows as
-# lanes), 16..64 (AVX2 long rows), > 64 (scalar long rows, when strided or without AVX2).
+# Row lengths that reach every CPU kernel: C = 1 and 5..15 (scalar short rows), 2..4 (SIMD rows as
+# lanes), 16..64 (SIMD long rows), > 64 (scalar long rows when strided, else SIMD).
 KERNEL_ROW_LENGTHS = [1, 2, 3, 4, 5, 16, 20, 70]
-SPECIAL_ROWS = 20  # > 2 vectors of rows for the AVX2 kernels of short rows, and a remainder
+SPECIAL_ROWS = 20  # > 2 vectors of rows for the SIMD kernels of short rows, and a remainder
 
 
 def special_rows(n_classes, dtype):
@@ -265,7 +266,7 @@ def test_infinities_give_finite_gradients_alike(dtype, n_classes, layout):
 
 EXPLICIT_K = 4.0  # the slope of a tie, k / 4, is then 1
 EXPLICIT_GRAD = [1.0, 2.0, 3.0]
-EXPLICIT_ROWS = 9  # > 8: the AVX2 kernels of short rows take whole vectors of rows
+EXPLICIT_ROWS = 9  # > 8: the SIMD kernels of short rows take whole vectors of rows
 
 
 @pytest.mark.parametrize("impl", FAST)
@@ -463,6 +464,104 @@ def test_fallback_warns_once_when_the_build_fails(tmp_path):
     assert run.stdout.split() == ["0", "torch", "torch.Size([3,", "4])"]
     fallback_warning = "UserWarning: ldf-ip: onehot_surrogate falls back to pure PyTorch"
     assert run.stderr.count(fallback_warning) == 1
+
+
+# ------------------------------------------------------------------------------ CPU capabilities
+AVX2_OBJECT = "onehot_vec_avx2.o"
+STATIC_INITIALIZER_PREFIX = "_GLOBAL__sub_I_"
+NM_FUNCTION_TYPES = "TtWwi"  # text symbols, global, local and weak, and indirect functions
+DEFAULT_CAPABILITY_CODE = """
+import sys, torch
+from csrc import ops
+assert ops.ONEHOT_IMPL != "torch", "no C++ op"
+assert torch.backends.cpu.get_cpu_capability() == "DEFAULT"
+results = []
+for z, g in torch.load(sys.argv[1]):
+    z.requires_grad_()
+    out = ops.onehot_surrogate(z, {k})
+    out.backward(g)
+    results.append((out.detach(), z.grad))
+torch.save(results, sys.argv[2])
+"""
+
+
+@needs_ext
+def test_default_capability_kernels_agree(tmp_path):
+    """The DEFAULT build of the SIMD kernels (onehot_vec_default.cpp: NEON on aarch64; on x86 the
+    generic Vectorized, chosen under ATEN_CPU_CAPABILITY=default) gives the forward of this
+    CPU's kernels exactly and its gradient to AGREE_RTOL, on rows that reach every kernel."""
+    cases = []
+    for dtype in DTYPES:
+        for n_classes in KERNEL_ROW_LENGTHS:
+            z = special_rows(n_classes, dtype)
+            z[SPECIAL_ROWS - 1, n_classes // 2] = NAN
+            cases.append((z, randn(*z.shape, dtype=dtype, seed=1)))
+    inputs, outputs = tmp_path / "inputs.pt", tmp_path / "outputs.pt"
+    torch.save(cases, inputs)
+    run = subprocess.run(
+        [sys.executable, "-c", DEFAULT_CAPABILITY_CODE.format(k=K), str(inputs), str(outputs)],
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "ATEN_CPU_CAPABILITY": "default"},
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+    )
+    assert run.returncode == 0, run.stderr
+    for (z, g), (out_default, grad_default) in zip(cases, torch.load(outputs), strict=True):
+        out, grad = forward_backward(ext, z, g)
+        assert torch.equal(out_default, out)
+        torch.testing.assert_close(
+            grad_default, grad, rtol=AGREE_RTOL[z.dtype], atol=1e-12, equal_nan=True
+        )
+
+
+def test_avx2_object_defines_only_avx2_functions():
+    """onehot_vec_avx2.cpp is compiled for AVX2 (by pragma). A function of the baseline (the
+    standard library's, c10's) compiled there would be a second copy under the same name, which
+    the linker may pick for the whole library: an illegal instruction on a CPU without AVX2.
+    So every function that its object defines is named after AVX2 (ldf_ip::AVX2, at::vec::AVX2,
+    or a template of them), unique to it."""
+    if ops.ONEHOT_IMPL != "jit":
+        pytest.skip("checks the object files of the JIT build")
+    name = ops.JIT_NAME_CUDA if ops.ONEHOT_CUDA else ops.JIT_NAME_CPU
+    obj = os.path.join(ops.jit_build_dir(name), AVX2_OBJECT)
+    if not os.path.exists(obj) or shutil.which("nm") is None:
+        pytest.skip(f"no {AVX2_OBJECT} (not x86-64 GCC) or no nm")
+    listing = subprocess.run(
+        ["nm", "-C", "--defined-only", obj], check=True, capture_output=True, text=True
+    ).stdout
+    functions = [
+        line.split(" ", 2)[2]
+        for line in listing.splitlines()
+        if line.split(" ")[1] in NM_FUNCTION_TYPES
+    ]
+    assert any("ldf_ip::AVX2::" in f for f in functions)
+    stray = [
+        f for f in functions if "AVX2::" not in f and not f.startswith(STATIC_INITIALIZER_PREFIX)
+    ]
+    assert not stray
+
+
+AARCH64_CXX = "aarch64-linux-gnu-g++"  # a cross compiler (Debian: g++-aarch64-linux-gnu)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", [*ops.CPU_SOURCES])
+def test_sources_compile_for_aarch64(tmp_path, source):
+    """Every C++ source of the library compiles for aarch64 (the op's SIMD kernels as NEON
+    Vectorized), with torch's headers and the library's flags; without a cross compiler, skipped."""
+    cxx = shutil.which(AARCH64_CXX)
+    if cxx is None:
+        pytest.skip(f"no {AARCH64_CXX}")
+    command = [cxx, "-std=c++20", "-fPIC", *ops.CXX_FLAGS, "-c"]
+    command += [os.path.join(ops.CSRC_DIR, source), "-o", str(tmp_path / "out.o")]
+    command += [f"-I{folder}" for folder in cpp_extension.include_paths()]
+    command += [f"-I{sysconfig.get_paths()['include']}"]
+    run = subprocess.run(
+        command, check=False, capture_output=True, text=True, timeout=NVCC_TIMEOUT_S
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------------------ CUDA

@@ -27,12 +27,19 @@
 //   * state-item pairing (combo): once there are many states, every state is tried with one item
 //     outside the core added (or removed), for a better incumbent sooner; on subset-sum data also
 //     with the subsets of the next 32 items (two lists, as Horowitz and Sahni).
+//   * swap pairing for exact fills (where profits are a constant apart from the weights: strongly
+//     and inverse strongly correlated data): every state with every pair of a free item removed
+//     outside the core and one added, looked up by the weight that fills c exactly.
 //   * surrogate relaxation (combo): the cardinality constraint surrogated into the capacity with
-//     the Lagrangian multiplier gives a knapsack of its own, solved by a nested solver; its
-//     optimum bounds this problem, and its solution, where it fits, is optimal.
+//     the Lagrangian multiplier gives a knapsack of its own, solved by a nested solver that drops
+//     every state unable to beat z; its optimum bounds this problem, and its solution, where it
+//     fits, is optimal; where it does not, it is repaired into an incumbent and the next
+//     surrogate problem takes a multiplier that cuts it off.
 //   * cardinality bounds (combo): every solution worth z + 1 takes between k_min and k_max items;
 //     the Lagrangian relaxation of these constraints with the LP bound gives an upper bound that
-//     may prove z optimal long before the core is exhausted (strongly correlated data).
+//     may prove z optimal long before the core is exhausted (strongly correlated data); with its
+//     multiplier, the same bound on every state (its item count from its core decisions) drops
+//     the states that cannot beat z (almost strongly correlated data).
 //   * pairing, the cardinality bound and the surrogate relaxation are amortised: each runs again
 //     only once the core has handled states in proportion to its cost (measured, for the bound
 //     and the surrogate); items fixed by Dembo-Hammer are not tested again (z only grows); z at
@@ -79,8 +86,12 @@ constexpr u64 kPairingWorkPerItem = 4;  // ... when the core has handled this ma
 constexpr u64 kBoundCostDivisor = 8;  // the cardinality bound again after 1/this of its cost
                                       // (items its LP passes went through) in core states
 constexpr int kBlockItems = 32;                 // items next to the core in block pairing
+constexpr size_t kFillPairs = 1 << 14;  // fill_by_swaps: at most this many (removed, added)
+constexpr u64 kFillCostDivisor = 4;  // ... again after 1/this of its cost (states + pairs) in
+                                     // core states (1: 2x slower at R = 10^7, 16: as 4)
 constexpr size_t kCardinalityStates = 1000;     // the cardinality bound beyond this many states
-constexpr size_t kSurrogateStates = 2000;  // the surrogate relaxation beyond this many states
+constexpr size_t kSurrogateStates = 1000;  // the surrogate relaxation beyond this many states
+constexpr i64 kSurrogateStepShare = 100;  // a surrogate multiplier stepped by >= 1/this only
 constexpr int kSurrogateDepth = 1;         // surrogate problems are not relaxed again
 constexpr size_t kMaxRatios = 2;  // solve_by_ratios: at most this many (w, p) / gcd
 constexpr size_t kMaxRatioWords = size_t(1) << 18;  // ... and bitsets of at most this many words
@@ -163,6 +174,14 @@ inline i64 gcd64(i64 a, i64 b) {
   return a;
 }
 
+// The number of set bits (SWAR: the builtin is a library call without -mpopcnt).
+inline int popcount64(u64 x) {
+  x = x - ((x >> 1) & 0x5555555555555555ull);
+  x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+  x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0Full;
+  return int((x * 0x0101010101010101ull) >> 56);
+}
+
 // floor(a / b) for b > 0
 inline i128 floor_div(i128 a, i128 b) {
   i128 q = a / b;
@@ -191,6 +210,7 @@ class CardinalityBound {
     for (i64 v : p) profit_prefix_.push_back(profit_prefix_.back() + v);
     sum_w_ = std::accumulate(w.begin(), w.end(), i64(0));
     max_p_ = p.empty() ? 0 : p.front();
+    max_w_ = w.empty() ? 0 : w.back();
     ready_ = true;
   }
   bool ready() const { return ready_; }
@@ -250,10 +270,6 @@ class CardinalityBound {
   i64 cardinality() const { return k_of(last_); }
 
  private:
-  struct Adjusted {
-    i128 q;  // p - lambda > 0
-    i64 w;
-  };
   struct Lp {
     i128 value;  // floor of the LP bound
     i64 full;    // items taken whole
@@ -280,31 +296,45 @@ class CardinalityBound {
   // The LP relaxation with profits p - lambda, by weighted quickselect: expected linear time.
   Lp solve_lp(i128 lambda) {
     work_ += items_->size();
-    buf_.clear();
+    // profits and weights small enough for 64-bit products (every class here): the same
+    // partition on 16-byte entries with 64-bit products, about twice as fast
+    if ((i128(max_p_) - lambda) * max_w_ < kMaxSum) return solve_lp_as<i64>(lambda, buf64_);
+    return solve_lp_as<i128>(lambda, buf_);
+  }
+
+  template <typename Q>
+  struct AdjustedAs {
+    Q q;  // p - lambda > 0
+    i64 w;
+  };
+
+  template <typename Q>
+  Lp solve_lp_as(i128 lambda, std::vector<AdjustedAs<Q>>& buf) {
+    buf.clear();
     for (const Item& it : *items_) {
       const i128 q = i128(it.p) - lambda;
-      if (q > 0) buf_.push_back({q, it.w});
+      if (q > 0) buf.push_back({Q(q), it.w});
     }
     Lp out{0, 0, 0, 0};
     i64 cap = c_;
-    size_t lo = 0, hi = buf_.size();
+    size_t lo = 0, hi = buf.size();
     while (lo < hi) {
-      const Adjusted pivot = buf_[lo + (hi - lo) / 2];
+      const AdjustedAs<Q> pivot = buf[lo + (hi - lo) / 2];
       // three-way partition of [lo, hi): more efficient than the pivot | as efficient | less
       size_t gt = lo, i = lo, lt = hi;
       while (i < lt) {
-        const i128 a = buf_[i].q * pivot.w, b = pivot.q * buf_[i].w;
+        const Q a = buf[i].q * pivot.w, b = pivot.q * buf[i].w;
         if (a > b)
-          std::swap(buf_[gt++], buf_[i++]);
+          std::swap(buf[gt++], buf[i++]);
         else if (a < b)
-          std::swap(buf_[i], buf_[--lt]);
+          std::swap(buf[i], buf[--lt]);
         else
           ++i;
       }
       i128 w_gt = 0, q_gt = 0;
       for (size_t j = lo; j < gt; ++j) {
-        w_gt += buf_[j].w;
-        q_gt += buf_[j].q;
+        w_gt += buf[j].w;
+        q_gt += buf[j].q;
       }
       if (w_gt > cap) {  // the break item is among the more efficient ones
         hi = gt;
@@ -314,14 +344,14 @@ class CardinalityBound {
       out.value += q_gt;
       out.full += i64(gt - lo);
       for (size_t j = gt; j < lt; ++j) {  // equally efficient: whole items while they fit
-        if (buf_[j].w <= cap) {
-          cap -= buf_[j].w;
-          out.value += buf_[j].q;
+        if (buf[j].w <= cap) {
+          cap -= buf[j].w;
+          out.value += buf[j].q;
           ++out.full;
         } else {
           out.rem = cap;
-          out.w_break = buf_[j].w;
-          out.value += (i128(cap) * buf_[j].q) / buf_[j].w;
+          out.w_break = buf[j].w;
+          out.value += (i128(cap) * buf[j].q) / buf[j].w;
           return out;
         }
       }
@@ -334,8 +364,9 @@ class CardinalityBound {
   i64 c_ = 0;
   size_t k_max_ = 0, k_min_ = 0;
   std::vector<i64> profit_prefix_;
-  i64 sum_w_ = 0, max_p_ = 0;
-  std::vector<Adjusted> buf_;
+  i64 sum_w_ = 0, max_p_ = 0, max_w_ = 0;
+  std::vector<AdjustedAs<i128>> buf_;
+  std::vector<AdjustedAs<i64>> buf64_;
   i128 last_ = 0;
   bool have_last_ = false;
   bool ready_ = false;
@@ -345,17 +376,26 @@ class CardinalityBound {
 class Solver {
  public:
   // Solves one instance: x (n bytes) gets the optimal 0/1 solution (all 0 unless kOptimal).
-  Status solve(const i64* w, const i64* p, i64 n, i64 c, uint8_t* x, const Deadline& deadline) {
+  // floor (the nested surrogate problems): only a solution worth more than floor is wanted, so
+  // states that cannot beat it are dropped from the start; where no solution is worth more,
+  // *none_above is set (and x is not a solution).
+  Status solve(const i64* w, const i64* p, i64 n, i64 c, uint8_t* x, const Deadline& deadline,
+               i64 floor = kNoTarget, bool* none_above = nullptr) {
+    if (none_above != nullptr) *none_above = false;
     std::fill(x, x + n, uint8_t(0));
     deadline_ = &deadline;
-    if (c < 0) return kOptimal;  // not even the empty solution fits; x = 0 as solve_core
+    if (c < 0) {  // not even the empty solution fits; x = 0 as solve_core
+      if (none_above != nullptr) *none_above = floor != kNoTarget;
+      return kOptimal;
+    }
     std::vector<Item> items;
-    i128 sum_w = 0, sum_p = 0;
+    i128 sum_w = 0, sum_p = 0, free_p = 0;
     for (i64 j = 0; j < n; ++j) {
       if (w[j] < 0) return kBadInput;
       if (p[j] <= 0 || w[j] > c) continue;  // never worth taking / never fits
       if (w[j] == 0) {  // free
         x[j] = 1;
+        free_p += p[j];
         continue;
       }
       sum_w += w[j];
@@ -365,12 +405,24 @@ class Solver {
     if (sum_w >= kMaxSum || sum_p >= kMaxSum) return kTooLarge;
     c = i64(std::min<i128>(c, sum_w));  // keeps every bound product within 128 bits
     bundle_identical(items);
+    // the free items count towards the floor: the rest must beat floor - free_p (every solution
+    // does where that is negative)
+    if (floor != kNoTarget) floor = i128(floor) - free_p < 0 ? kNoTarget : i64(floor - free_p);
     std::vector<int32_t> taken;
     i64 value = 0;
-    const Status status = solve_by_ratios(items, c, taken)
-                              ? kOptimal
-                              : solve_level(std::move(items), c, kNoTarget, taken, value);
-    if (status != kOptimal) return status;
+    bool found = true;
+    if (solve_by_ratios(items, c, taken)) {
+      for (int32_t bundle : taken) value += items[bundle].p;  // items[k].index is bundle k
+      found = floor == kNoTarget || value > floor;
+    } else {
+      const Status status =
+          solve_level(std::move(items), c, kNoTarget, floor, taken, value, found);
+      if (status != kOptimal) return status;
+    }
+    if (!found) {  // x: the free items only
+      if (none_above != nullptr) *none_above = true;
+      return kOptimal;
+    }
     for (int32_t bundle : taken)
       for (int32_t k = bundle_start_[bundle]; k < bundle_start_[bundle + 1]; ++k)
         x[bundle_members_[k]] = 1;
@@ -561,13 +613,19 @@ class Solver {
 
   // One level: an optimal solution of items under capacity c (original indices into `taken`); with
   // a target, any solution worth at least target (the caller knows one exists and is optimal).
-  Status solve_level(std::vector<Item> items, i64 c, i64 target, std::vector<int32_t>& taken,
-                     i64& value) {
+  // With a floor (no target), only solutions worth more than floor: found = false if there is
+  // none (then taken is left empty).
+  Status solve_level(std::vector<Item> items, i64 c, i64 target, i64 floor,
+                     std::vector<int32_t>& taken, i64& value, bool& found) {
+    found = true;
     auto too_heavy = [c](const Item& it) { return it.w > c; };
     items.erase(std::remove_if(items.begin(), items.end(), too_heavy), items.end());
     const int m = int(items.size());
     value = 0;
-    if (m == 0) return (target == kNoTarget || target <= 0) ? kOptimal : kInternalError;
+    if (m == 0) {
+      found = floor == kNoTarget || floor < 0;
+      return (target == kNoTarget || target <= 0) ? kOptimal : kInternalError;
+    }
     // rudimentary divisibility: with all weights multiples of g, only multiples of g are reachable
     i64 g = 0;
     for (const Item& it : items) g = gcd64(g, it.w);
@@ -583,8 +641,10 @@ class Solver {
     }
     if (b == m) {  // everything fits
       if (target != kNoTarget && p_bar < target) return kInternalError;
-      for (const Item& it : items) taken.push_back(it.index);
       value = p_bar;
+      found = floor == kNoTarget || p_bar > floor;
+      if (found)
+        for (const Item& it : items) taken.push_back(it.index);
       return kOptimal;
     }
     // the greedy incumbent
@@ -605,6 +665,10 @@ class Solver {
       z = target - 1;
       have_solution = false;
     }
+    if (floor != kNoTarget && z <= floor) {  // only states worth more than floor count
+      z = floor;
+      have_solution = false;
+    }
     const i64 wb = items[b].w, pb = items[b].p;
     // Dantzig's LP bound: z proven optimal at once?
     const i128 dantzig = p_bar + (i128(c - w_bar) * pb) / wb;
@@ -615,7 +679,11 @@ class Solver {
           expand_core(items, c, b, w_bar, p_bar, dantzig, z, have_solution, best, toggled);
       if (status != kOptimal) return status;
     }
-    if (!have_solution) return kInternalError;
+    if (!have_solution) {
+      if (floor == kNoTarget) return kInternalError;
+      found = false;  // nothing worth more than floor
+      return kOptimal;
+    }
     value = z;
     return emit(items, c, b, z, greedy, best, toggled, taken);
   }
@@ -636,6 +704,8 @@ class Solver {
                      std::vector<int>& toggled) {
     const int m = int(items.size());
     const Item& brk = items[b];
+    break_item_ = brk;
+    right_mask_ = 0;
     cur_.assign_one(State{w_bar, p_bar, 0});
     int s = b, t = b - 1;  // the core is s..t
     i64 bounded_at = kNoTarget;
@@ -644,6 +714,11 @@ class Solver {
     // (elsewhere, measured, it cost more than it found)
     const bool one_efficiency =
         i128(items.front().p) * items.back().w == i128(items.back().p) * items.front().w;
+    // p_j - w_j the same for every item (strongly and inverse strongly correlated data): the
+    // surrogate relaxation is a subset-sum problem that bounds no better (try_surrogate)
+    bool constant_offset = !one_efficiency;
+    for (int j = 1; j < m && constant_offset; ++j)
+      constant_offset = items[j].p - items[j].w == items[0].p - items[0].w;
     // the first item from j on (rightwards / leftwards) not fixed by Dembo-Hammer; the items
     // passed are fixed at their break-solution values for every solution better than z. z only
     // grows, so an item once fixed stays fixed: items t + 1 .. fixed_right - 1 (and s - 1 down to
@@ -669,6 +744,8 @@ class Solver {
     const u64 pairing_work = kPairingWorkPerItem * u64(m);
     u64 paired_at = work_ - pairing_work, bound_at_work = work_, bound_cost = 0;
     u64 surrogate_at = 0, surrogate_cost = 0;
+    SurrogateMemo surrogate;
+    u64 swapped_at = 0, swap_cost = 0;
     while (true) {
       bool progressed = false;
       const int r = free_right(t + 1);
@@ -698,6 +775,17 @@ class Solver {
         if (one_efficiency) pair_block(items, c, s, t, z, have_solution, best, toggled);
         if (z >= dantzig) break;
       }
+      // swap pairing for exact fills where the surrogate relaxation is no use (profits a
+      // constant apart from the weights), once the cardinality bound has failed to prove z (on
+      // small R it proves z without it: measured, swaps first were 1.2-1.7 times slower there),
+      // amortised as the others; z at the cardinality bound is optimal
+      if (constant_offset && cardinality_.ready() && cur_.size() > kPairingStates &&
+          work_ - swapped_at >= swap_cost) {
+        swapped_at = work_;
+        const i64 before_swaps = z;
+        swap_cost = fill_by_swaps(items, c, s, t, w_bar, p_bar, z, have_solution, best, toggled);
+        if (z > before_swaps && cardinality_.bound(z + 1) <= z) break;
+      }
       // (on subset-sum data the cardinality bound is the capacity, as the LP bound, except in
       // rare cases; measured, it cost more than it saved)
       if (!one_efficiency && cur_.size() > kCardinalityStates && bounded_at != z &&
@@ -708,15 +796,23 @@ class Solver {
         const u64 before = cardinality_.work();
         if (cardinality_.bound(z + 1) <= z) break;  // no solution is worth z + 1
         bound_cost = cardinality_.work() - before;
+        // the bound's multiplier on every state: states that cannot beat z dropped (gated by
+        // the share dropped last time, measured: no faster at R = 10^3, slower at R = 10^6)
+        if (toggled.size() <= size_t(kVectorBits)) {
+          reduce_by_cardinality(items, c, s, t, b, w_bar, p_bar, z);
+          if (cur_.empty()) break;
+        }
+
         // a surrogate problem costs a solve of its own: another one only once the core has done
         // as much work as the last one took
         if (cur_.size() > kSurrogateStates && depth_ < kSurrogateDepth &&
             work_ - surrogate_at >= surrogate_cost) {
           bool proved = false;
           const u64 before = work_;
-          const Status status = try_surrogate(items, c, z, have_solution, best, proved);
+          const Status status =
+              try_surrogate(items, c, z, have_solution, best, surrogate, proved);
           if (status != kOptimal) return status;
-          if (proved) break;
+          if (proved || z >= surrogate.bound) break;
           surrogate_cost = work_ - before;
           surrogate_at = work_;
         }
@@ -744,6 +840,7 @@ class Solver {
       }
     }
     toggled.push_back(j);
+    right_mask_ = (right_mask_ << 1) | u64(right);
     work_ += n;
     // bound of a state: under the capacity + (c - w) e_{t+1}; over it - (w - c) e_{s-1}, with
     // t + 1 and s - 1 the next items not fixed
@@ -814,6 +911,156 @@ class Solver {
     }
   }
 
+  // What the surrogate relaxations of one level have found so far.
+  struct SurrogateMemo {
+    bool tried = false;      // a surrogate problem was solved at this level
+    bool stepped = false;    // its solution was infeasible and memo.next cuts it off
+    i128 lagrangian = 0;     // the Lagrangian multiplier it started from
+    i64 k = 0;               // and its cardinality
+    i128 next = 0;           // the multiplier of the next surrogate problem
+    i64 bound = std::numeric_limits<i64>::max();  // the least surrogate optimum: an upper bound
+  };
+
+  // State reduction by the cardinality bound: with its multiplier lambda and cardinality k (k_max
+  // for lambda >= 0, k_min below), every solution x worth z + 1 has
+  //   sum p x <= lambda k + sum (p - lambda) x,
+  // and a solution growing from a state (weight w_s, profit p_s, n_s items) adds items right of
+  // the core and removes items left of it, so its sum (p - lambda) x is at most
+  //   p_s - lambda n_s - Q_left + LP(c - w_s + W_left),
+  // with Q_left, W_left the profit (p - lambda) and weight of the items left of the core and LP
+  // the LP relaxation over the items outside the core with profits p - lambda (a removed item
+  // is one not kept); items fixed by Dembo-Hammer stay as they are and count in neither. Where
+  // the Lagrangian bound is tight and the LP bound of the states is not (almost strongly
+  // correlated data: the fractional item count), this drops up to 3/4 of the states. n_s
+  // comes from the state's core decisions (right_mask_: those that added an item), so only while
+  // the core has made at most kVectorBits decisions. The LP breakpoints are sorted once; states
+  // by rising weight meet them in falling capacity, so one sweep does all states.
+  void reduce_by_cardinality(const std::vector<Item>& items, i64 c, int s, int t, int b,
+                             i64 w_bar, i64 p_bar, i64 z) {
+    const int m = int(items.size());
+    const i128 lambda = cardinality_.multiplier();
+    const i64 k = cardinality_.cardinality();
+    i128 q_left = 0, w_left = 0;
+    lp_items_.clear();
+    for (int j = 0; j < m; ++j) {
+      if (j == s) j = t + 1;  // skip the core
+      if (j >= m) break;
+      // fixed by Dembo-Hammer: at its break-solution value in every solution worth z + 1
+      if (fixed_by_dembo_hammer(items[j], j > t, c, w_bar, p_bar, break_item_, z)) continue;
+      const i128 q = i128(items[j].p) - lambda;
+      if (j < s) {
+        q_left += q;
+        w_left += items[j].w;
+      }
+      if (q > 0) lp_items_.push_back(LpItem{q, items[j].w});
+    }
+    std::sort(lp_items_.begin(), lp_items_.end(), [](const LpItem& a, const LpItem& b) {
+      return a.q * b.w > b.q * a.w;  // falling efficiency (q, w < 2^63: exact in 128 bits)
+    });
+    const size_t n_lp = lp_items_.size();
+    lp_w_.assign(1, 0);
+    lp_q_.assign(1, 0);
+    for (const LpItem& it : lp_items_) {
+      lp_w_.push_back(lp_w_.back() + it.w);
+      lp_q_.push_back(lp_q_.back() + it.q);
+    }
+    const i128 base = lambda * k - q_left;
+    const u64 left_mask = ~right_mask_;
+    size_t r = n_lp;  // items taken whole at the current capacity
+    size_t kept = 0;
+    for (size_t a = 0; a < cur_.size(); ++a) {
+      const State& st = cur_[a];
+      const i128 room = i128(c) - st.w + w_left;
+      if (room < 0) continue;  // even without every item left of the core it does not fit
+      while (lp_w_[r] > room) --r;  // capacity falls as the states get heavier
+      i128 lp = lp_q_[r];
+      if (r < n_lp) lp += (room - lp_w_[r]) * lp_items_[r].q / lp_items_[r].w;
+      const i64 n_s =
+          i64(b) + popcount64(st.vect & right_mask_) - popcount64(st.vect & left_mask);
+      if (base + st.p - lambda * n_s + lp >= i128(z) + 1) cur_[kept++] = st;
+    }
+    cur_.set_size(kept);
+  }
+
+  // Swap pairing (state-item pairing with two items) for exact fills, on data whose profits are
+  // a constant apart from the weights (strongly and inverse strongly correlated): a solution is
+  // worth its weight plus the constant times its size, and the optimum, at the cardinality bound,
+  // fills the capacity exactly with as many items as the break solution. At large R that is a few
+  // exchanges inside the core plus one or two items far out, which the core reaches only with
+  // some 2^(core size) states (one item far out: state-item pairing). Here every state meets
+  // every pair of an item removed left of the core (or none) and one added right of it (or none),
+  // both not fixed by Dembo-Hammer: the states' weights go into a hash table, and each pair looks
+  // up the state it brings to weight c exactly. Up to kFillPairs pairs (the free items evenly
+  // thinned). Returns its cost in state-sized steps.
+  u64 fill_by_swaps(const std::vector<Item>& items, i64 c, int s, int t, i64 w_bar, i64 p_bar,
+                    i64& z, bool& have_solution, Incumbent& best,
+                    const std::vector<int>& toggled) {
+    const int m = int(items.size());
+    swap_left_.clear();
+    swap_right_.clear();
+    for (int j = 0; j < s; ++j)
+      if (!fixed_by_dembo_hammer(items[j], false, c, w_bar, p_bar, break_item_, z))
+        swap_left_.push_back(j);
+    for (int j = t + 1; j < m; ++j)
+      if (!fixed_by_dembo_hammer(items[j], true, c, w_bar, p_bar, break_item_, z))
+        swap_right_.push_back(j);
+    auto thin = [](std::vector<int>& list, size_t keep) {
+      if (list.size() <= keep) return;
+      std::vector<int> kept;
+      for (size_t k = 0; k < keep; ++k) kept.push_back(list[k * list.size() / keep]);
+      list.swap(kept);
+    };
+    while ((swap_left_.size() + 1) * (swap_right_.size() + 1) > kFillPairs) {
+      if (swap_left_.size() >= swap_right_.size())
+        thin(swap_left_, swap_left_.size() * 3 / 4);
+      else
+        thin(swap_right_, swap_right_.size() * 3 / 4);
+    }
+    size_t size = 1;
+    while (size < kHashLoad * cur_.size()) size *= 2;
+    hash_.assign(size, -1);
+    auto slot = [size](i64 w) { return size_t((u64(w) * kHashMultiplier) >> 32) & (size - 1); };
+    for (size_t a = 0; a < cur_.size(); ++a) {  // by rising weight: a later equal weight is better
+      size_t at = slot(cur_[a].w);
+      while (hash_[at] >= 0 && cur_[hash_[at]].w != cur_[a].w) at = (at + 1) & (size - 1);
+      hash_[at] = int32_t(a);
+    }
+    auto find = [&](i64 w) -> long {
+      for (size_t at = slot(w); hash_[at] >= 0; at = (at + 1) & (size - 1))
+        if (cur_[hash_[at]].w == w) return hash_[at];
+      return -1;
+    };
+    i64 best_value = z;
+    long best_state = -1;
+    int best_removed = -1, best_added = -1;
+    for (int k = -1; k < int(swap_left_.size()); ++k) {
+      const int i = k < 0 ? -1 : swap_left_[k];
+      const i64 w_out = i < 0 ? 0 : items[i].w, p_out = i < 0 ? 0 : items[i].p;
+      for (int h = -1; h < int(swap_right_.size()); ++h) {
+        const int j = h < 0 ? -1 : swap_right_[h];
+        const i64 w_in = j < 0 ? 0 : items[j].w, p_in = j < 0 ? 0 : items[j].p;
+        const long a = find(c - w_in + w_out);
+        if (a < 0) continue;
+        const i64 value = cur_[a].p + p_in - p_out;
+        if (value > best_value) {
+          best_value = value;
+          best_state = a;
+          best_removed = i;
+          best_added = j;
+        }
+      }
+    }
+    if (best_state >= 0) {
+      z = best_value;
+      have_solution = true;
+      best = Incumbent{true, cur_[best_state].vect, toggled.size(), {}, {}};
+      if (best_removed >= 0) best.extra.push_back(best_removed);
+      if (best_added >= 0) best.extra.push_back(best_added);
+    }
+    return u64(cur_.size() + (swap_left_.size() + 1) * (swap_right_.size() + 1)) /
+           kFillCostDivisor;
+  }
+
   // Surrogate relaxation of the cardinality constraint (combo): with the multiplier lambda of the
   // Lagrangian bound, every solution worth z + 1 satisfies
   //   sum (w_j + lambda) x_j <= c + lambda k   (k = k_max for lambda >= 0, k_min for lambda < 0),
@@ -821,10 +1068,21 @@ class Solver {
   // subset-sum problem), solved exactly by a nested solver. Its optimum bounds the problem; a
   // solution of it that also fits c is optimal. proved: z is now optimal.
   Status try_surrogate(const std::vector<Item>& items, i64 c, i64& z, bool& have_solution,
-                       Incumbent& best, bool& proved) {
+                       Incumbent& best, SurrogateMemo& memo, bool& proved) {
     const int m = int(items.size());
-    const i128 lambda = cardinality_.multiplier();
-    i128 capacity = i128(c) + lambda * cardinality_.cardinality();
+    const i128 lagrangian = cardinality_.multiplier();
+    const i64 k = cardinality_.cardinality();
+    if (memo.tried && memo.lagrangian == lagrangian && memo.k == k && !memo.stepped)
+      return kOptimal;  // the same problem again: the same infeasible solution, no new bound
+    // from the Lagrangian multiplier, or stepped towards 0 past the last infeasible solution
+    const i128 lambda = memo.tried && memo.lagrangian == lagrangian && memo.k == k
+                            ? memo.next
+                            : lagrangian;
+    memo.tried = true;
+    memo.lagrangian = lagrangian;
+    memo.k = k;
+    memo.stepped = false;
+    i128 capacity = i128(c) + lambda * k;
     i64 base = 0;  // items of weight w + lambda < 0 are always in the relaxation's optimum
     std::vector<i64> w(m), p(m);
     std::vector<char> forced(m, 0);
@@ -851,10 +1109,19 @@ class Solver {
     Solver nested;
     nested.depth_ = depth_ + 1;
     std::vector<uint8_t> x(m);
-    const Status status = nested.solve(w.data(), p.data(), m, i64(capacity), x.data(), *deadline_);
+    // only a surrogate solution worth more than z matters: the nested solver drops every state
+    // that cannot beat z - base from the start (measured: 5-50 times fewer states on almost
+    // strongly correlated data than from its own greedy solution)
+    bool none_above = false;
+    const Status status = nested.solve(w.data(), p.data(), m, i64(capacity), x.data(),
+                                       *deadline_, z - base, &none_above);
     work_ += nested.work_;
     if (status == kTimeLimit) return kTimeLimit;
     if (status != kOptimal) return kOptimal;  // no surrogate bound
+    if (none_above) {  // the relaxation, hence the problem, has nothing worth z + 1
+      proved = true;
+      return kOptimal;
+    }
     i64 value = base, weight = 0;
     std::vector<char> take(m, 0);
     for (int j = 0; j < m; ++j) {
@@ -871,8 +1138,60 @@ class Solver {
       have_solution = true;
       best = Incumbent{false, 0, 0, {}, std::move(take)};
       proved = true;
+    } else {
+      // infeasible: it takes k' != k items and uses the slack lambda (k - k') for an excess
+      // weight `over` <= lambda (k - k'). Its value bounds the problem at this multiplier; a
+      // multiplier nearer 0 with |lambda'| (|k - k'|) < over cuts it off (lambda' = 0 would be
+      // the problem itself), and the next surrogate problem uses it.
+      memo.bound = std::min(memo.bound, value);
+      const i64 count = i64(std::count(take.begin(), take.end(), char(1)));
+      const i64 spread = count > k ? count - k : k - count;
+      const i128 over = i128(weight) - c;
+      const i128 next = spread > 0 ? (over - 1) / spread : 0;  // |lambda'| < over / spread
+      // only a step of 1 % or more: smaller ones (R >= 10^4) barely change the relaxation,
+      // whose next solution is again infeasible, at the cost of another nested solve
+      const i128 magnitude = lambda < 0 ? -lambda : lambda;
+      if (next > 0 && (magnitude - next) * kSurrogateStepShare >= magnitude) {
+        memo.next = lambda < 0 ? -next : next;
+        memo.stepped = true;
+      }
+      repair(items, c, take, z, have_solution, best);
     }
     return kOptimal;
+  }
+
+  // A solution from an infeasible one (the surrogate's: nearly optimal, a little too heavy): the
+  // least efficient of its items dropped until it fits, then the most efficient items left out
+  // added where they fit. A better incumbent replaces z.
+  void repair(const std::vector<Item>& items, i64 c, std::vector<char>& take, i64& z,
+              bool& have_solution, Incumbent& best) {
+    const int m = int(items.size());  // items are in falling efficiency
+    i64 weight = 0, value = 0;
+    for (int j = 0; j < m; ++j) {
+      if (take[j]) {
+        weight += items[j].w;
+        value += items[j].p;
+      }
+    }
+    for (int j = m - 1; j >= 0 && weight > c; --j) {
+      if (take[j]) {
+        take[j] = 0;
+        weight -= items[j].w;
+        value -= items[j].p;
+      }
+    }
+    for (int j = 0; j < m; ++j) {
+      if (!take[j] && items[j].w <= c - weight) {
+        take[j] = 1;
+        weight += items[j].w;
+        value += items[j].p;
+      }
+    }
+    if (value > z) {
+      z = value;
+      have_solution = true;
+      best = Incumbent{false, 0, 0, {}, std::move(take)};
+    }
   }
 
   // Block pairing (two lists, as Horowitz and Sahni for subset sum): the states of the items next
@@ -967,7 +1286,9 @@ class Solver {
     if (!rest.empty()) {
       std::vector<int32_t> sub;
       i64 sub_value = 0;
-      const Status status = solve_level(std::move(rest), c - weight, z - profit, sub, sub_value);
+      bool found = true;
+      const Status status =
+          solve_level(std::move(rest), c - weight, z - profit, kNoTarget, sub, sub_value, found);
       if (status != kOptimal) return status;
       for (int32_t index : sub) taken.push_back(index);
       profit += sub_value;  // the sub-level checked its weight against c - weight
@@ -983,6 +1304,15 @@ class Solver {
   std::vector<int32_t> bundle_members_, bundle_start_;  // bundle_identical
   std::vector<int32_t> hash_;                           // count_kinds
   std::vector<State> block_, block_next_;
+  std::vector<int> swap_left_, swap_right_;
+  struct LpItem {
+    i128 q;  // profit - lambda > 0
+    i64 w;
+  };
+  std::vector<LpItem> lp_items_;      // reduce_by_cardinality
+  std::vector<i128> lp_w_, lp_q_;     // ... their prefix sums
+  u64 right_mask_ = 0;  // bit k: the k-th most recent core decision added an item (right)
+  Item break_item_{0, 0, 0};  // the break item of the level in expand_core (Dembo-Hammer)
   std::vector<int> block_items_;
   CardinalityBound cardinality_;
 };

@@ -56,6 +56,17 @@ def _integers(array, name):
     return np.ascontiguousarray(integers)
 
 
+def _capacity(capacity):
+    """One capacity as _capacities does it, in plain Python (a sixteenth of its time: this runs on
+    every label)."""
+    capacity = float(capacity)
+    if math.isnan(capacity):
+        raise ValueError(f"{NAME}: a capacity is NaN")
+    if math.isinf(capacity):
+        return -1 if capacity < 0 else MAX_EXACT
+    return min(max(math.floor(capacity), -1), MAX_EXACT)
+
+
 def _capacities(capacity):
     capacity = np.floor(np.asarray(capacity, dtype=np.float64))
     if np.any(np.isnan(capacity)):
@@ -69,10 +80,19 @@ def solve_batch(w, v, capacity, time_limit=None):
     (OPTIMAL, TIME_LIMIT, ...; x is 0 where not OPTIMAL), seconds float64 (B,) per instance. The
     instances run in parallel on torch's intra-op threads (torch.set_num_threads); time_limit:
     seconds per instance, None for none."""
+    w, v = _items(w, v)
+    return _solve_batch(w, v, _capacities(capacity).reshape(-1), time_limit)
+
+
+def _items(w, v):
     w, v = _integers(w, "weights"), _integers(v, "values")
     if w.ndim != 2 or v.shape != w.shape:
         raise ValueError(f"{NAME}: w and v must be (instances, items), got {w.shape}, {v.shape}")
-    capacity = _capacities(capacity).reshape(-1)
+    return w, v
+
+
+def _solve_batch(w, v, capacity, time_limit):
+    """solve_batch on checked int64 arrays (capacity: (B,), already rounded and clipped)."""
     limit = 0.0 if time_limit is None or math.isinf(time_limit) else float(time_limit)
     x, status, seconds = torch.ops.ldf_ip.knapsack_exact.default(
         torch.from_numpy(w), torch.from_numpy(v), torch.from_numpy(capacity), limit
@@ -98,8 +118,8 @@ def check(status, time_limit=None):
 def solve(w, v, capacity, time_limit=None):
     """Optimal 0/1 solution (uint8, n) of one instance; TimeLimit when not proven optimal within
     time_limit seconds; ValueError for data it cannot solve exactly."""
-    x, status, _seconds = solve_batch(
-        np.asarray(w)[None], np.asarray(v)[None], [capacity], time_limit
-    )
+    w, v = _items(np.asarray(w)[None], np.asarray(v)[None])
+    capacity = np.array([_capacity(capacity)], dtype=np.int64)
+    x, status, _seconds = _solve_batch(w, v, capacity, time_limit)
     check(int(status[0]), time_limit)
     return x[0]

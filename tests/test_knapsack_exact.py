@@ -112,6 +112,53 @@ def test_solutions_older_than_a_states_64_decisions_are_recovered(distribution):
         assert x[i] @ v[i] == ks.solve_core(w[i], v[i], capacity[i]) @ v[i]
 
 
+# Instances of bench/knapsack_exact.py (n = 500, 20 per class and R, seed 0) on which the solver's
+# newer parts find or prove the optimum (checked with counters in the C++): swap pairing on
+# strongly and inverse strongly correlated data at R = 10^7 (an incumbent of a state plus a
+# removed and an added item outside the core); on almost strongly correlated data at R = 10^6,
+# surrogate problems solved above the incumbent (instance 1: its solution fits and is optimal),
+# and infeasible surrogate solutions repaired into incumbents, with the multiplier stepped
+# towards 0 to cut them off (instances 6 and 8).
+BENCH_CASES = [
+    ("strongly-correlated", 10**7, range(20)),
+    ("inverse-strongly-correlated", 10**7, range(20)),
+    ("strongly-correlated", 10**6, range(0, 20, 4)),
+    ("almost-strongly-correlated", 10**6, [1, 6, 8]),
+]
+
+
+@pytest.mark.parametrize(("distribution", "range_", "which"), BENCH_CASES)
+def test_benchmark_instances_of_swap_pairing_and_surrogates_equal_solve_core(
+    distribution, range_, which
+):
+    w, v, capacity = ks.make_instances(N_LARGE, 20, 0, range_, distribution)
+    which = list(which)
+    x, status, _ = exact.solve_batch(w[which], v[which], capacity[which], 60.0)
+    assert (status == exact.OPTIMAL).all()
+    for k, i in enumerate(which):
+        theirs = ks.solve_core(w[i], v[i], capacity[i], 60.0)
+        assert x[k] @ w[i] <= capacity[i]
+        assert x[k] @ v[i] == theirs @ v[i], i
+
+
+@pytest.mark.parametrize("distribution", ["strongly-correlated", "almost-strongly-correlated"])
+def test_scaled_to_128_bit_products_the_same_optimum(distribution):
+    """Weights, values and capacities times 2^28 (sums near 2^61): the same optimum times 2^28.
+    The LP relaxations of the cardinality bound then need 128-bit products (the 64-bit fast path
+    is off), as do the state reductions by it."""
+    scale = 2**28
+    w, v, capacity = ks.make_instances(N_LARGE, 4, 9, 10**4, distribution)
+    capacity = np.floor(capacity)
+    x, status, _ = exact.solve_batch(w, v, capacity)
+    big_w = w.astype(np.int64) * scale
+    big_v = v.astype(np.int64) * scale
+    big_x, big_status, _ = exact.solve_batch(big_w, big_v, capacity.astype(np.int64) * scale)
+    assert (status == exact.OPTIMAL).all() and (big_status == exact.OPTIMAL).all()
+    for i in range(len(w)):
+        assert big_x[i] @ big_w[i] <= capacity[i] * scale
+        assert big_x[i] @ big_v[i] == (x[i] @ v[i].astype(np.int64)) * scale, i
+
+
 def identical_items(rng, n_items, kinds, high):
     """n_items drawn from `kinds` kinds of (weight, value), so that many are identical."""
     kind_w = rng.integers(1, high, kinds)

@@ -2,7 +2,7 @@
 # The exact knapsack solver of csrc/knapsack.h at git revision REV ("orig") against the one in the
 # working tree ("new"), side by side on the same instances, the C++ solver alone (harness.cpp):
 #
-#   bench/knapsack_cpp/compare.sh [REV] [FILTER] [REPS]     # defaults: ca08e17 _ 3
+#   bench/knapsack_cpp/compare.sh [REV] [FILTER] [REPS]     # defaults: 76aa775 _ 3
 #
 # FILTER: only the classes whose name (class_R) contains it ("_" matches all). Per class and R:
 # mean (largest) ms per instance of CPU time of the thread, each instance's time the least of REPS
@@ -14,7 +14,7 @@
 # file instead. PYTHON (default python) runs instances.py.
 set -euo pipefail
 
-REV=${1:-ca08e17}
+REV=${1:-76aa775}
 FILTER=${2:-_}
 REPS=${3:-3}
 HERE=$(cd "$(dirname "$0")" && pwd)

@@ -97,6 +97,10 @@ THESIS_TRAINING = {  # Table 5: epochs and minutes to converge (6-core i5-11400)
 
 
 # ====================================================================== runs: names, precision
+PRETRAIN_FOLDER = "fc"  # --pretrain-epochs: <out>/fc holds the FC run LDF starts from
+PRETRAIN_PENDING = "<the FC of --pretrain-epochs>"  # stands for its checkpoint while naming
+
+
 def model_kind(cfg):
     """fc, ldf or ldf-pretrained: the thesis' three models."""
     if cfg["model"] == "fc":
@@ -123,6 +127,8 @@ def run_name(cfg):
         name += "-set"
     if cfg.get("dual", "scalar") != "scalar":
         name += "-" + cfg["dual"]
+    if cfg.get("pretrain_epochs"):
+        name += f"-fc{cfg['pretrain_epochs']}"
     return name
 
 
@@ -909,11 +915,14 @@ def resume_fingerprint(config):
     if fingerprint.get("dual", "scalar") == "scalar":  # runs from before --dual resume
         for name in ("dual", "rho", "dual_lr"):
             fingerprint.pop(name, None)
+    if not fingerprint.get("fused_adam", False):  # runs from before --fused-adam resume
+        fingerprint.pop("fused_adam", None)
     return {"problem": "knapsack"} | fingerprint
 
 
 def train(args, data, out):
     """Train one model with the shared LDF loop, common.train_ldf; returns (state, selected)."""
+    common.keep_freed_memory()  # no page faults for each step's large tensors (bit-identical)
     device = common.pick_device(args.device)
     bf16 = use_bf16(args.precision, device)
     n = data["w"].shape[1]
@@ -947,7 +956,10 @@ def train(args, data, out):
     model = make_model(n, args.arch).to(device)
     if pretrained:
         model.load_state_dict(pretrained["model"])
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    # --fused-adam: torch's one-kernel Adam (not bit-identical to the default, so asked for)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=args.lr, fused=getattr(args, "fused_adam", False) or None
+    )
 
     def loss_of(rows, multiplier):
         rows = torch.from_numpy(rows).to(device)
@@ -1323,7 +1335,9 @@ def report(
     config = checkpoint["config"]
     thesis_data = config.get("value_range") == THESIS_VALUE_RANGE
     thesis_data &= config.get("distribution", "uncorrelated") == "uncorrelated"
-    thesis_name = run_name({**config, "dual": "scalar"}) if thesis_data else None
+    thesis_name = (
+        run_name({**config, "dual": "scalar", "pretrain_epochs": None}) if thesis_data else None
+    )
     md = print_tables(title, name, result, thesis_name)
     for n, other in eval_data:
         every = np.arange(len(other["w"]))
@@ -1459,9 +1473,20 @@ def train_and_report(args, data):
 
 
 def run(args, data):
-    """Train one model, keep its selected checkpoint as <out>/<model>.pt, report and plot."""
+    """Train one model, keep its selected checkpoint as <out>/<model>.pt, report and plot; with
+    --pretrain-epochs first the FC it starts from."""
+    if args.pretrain_epochs:
+        run(pretraining(args), data)
     with common.folder_lock(args.out, "this output folder"):
         return train_and_report(args, data)
+
+
+def pretraining(args):
+    """The FC run --pretrain-epochs asks for: the thesis' FC settings, into <out>/fc."""
+    fc = {**vars(args), **THESIS_SETTINGS["fc"], "model": "fc", "pretrained": None}
+    fc.update(epochs=args.pretrain_epochs, pretrain_epochs=None, dual="scalar", rho=None)
+    fc.update(out=os.path.dirname(args.pretrained), mu=[*args.mu], select_mu=args.select_mu)
+    return argparse.Namespace(**fc)
 
 
 def grid_trial(settings):
@@ -1568,6 +1593,12 @@ def check_args(parser, args, argv):
         parser.error("--eval-items needs --arch set (the fc network has a fixed number of items)")
     if args.pretrained and args.model == "fc":
         parser.error("--pretrained trains the LDF model from a checkpoint; drop --model fc")
+    if args.pretrain_epochs and (args.model == "fc" or args.pretrained):
+        parser.error("--pretrain-epochs trains FC, then LDF from it: drop --model fc, --pretrained")
+    if args.pretrain_epochs and args.grid:
+        parser.error("--grid searches one model's settings: drop --pretrain-epochs")
+    if args.pretrain_epochs and (args.supervision == "none" or args.arch == "set"):
+        parser.error("--pretrain-epochs pre-trains the thesis' FC network on labels")
     if args.model == "fc" and "--step" in given:
         parser.error("--step moves the LDF multiplier: the fc model has none")
     if args.dual != "scalar" and args.model != "ldf":
@@ -1591,7 +1622,8 @@ def check_args(parser, args, argv):
         parser.error(f"--instances {args.instances}: at least 10 are needed for an 80/10/10 split")
     if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
         parser.error(f"--device {args.device!r}: expected auto, cpu, cuda or cuda:N")
-    settings = THESIS_SETTINGS[model_kind(vars(args))]
+    kind = model_kind({**vars(args), "pretrained": args.pretrained or args.pretrain_epochs})
+    settings = THESIS_SETTINGS[kind]
     if args.dual in ("per-instance", "augmented") and args.step is None:
         # one lambda_i per instance: the thesis' step times the training instances, so that the
         # mean lambda_i moves as the thesis' lambda does when every instance is violated alike
@@ -1601,7 +1633,7 @@ def check_args(parser, args, argv):
     for name in ("lr", "step", "max_grad_norm"):
         if getattr(args, name) is None:
             setattr(args, name, settings[name])
-    grid_lr, grid_step, grid_max_grad_norm = THESIS_GRID[model_kind(vars(args))]
+    grid_lr, grid_step, grid_max_grad_norm = THESIS_GRID[kind]
     if args.grid_lr is None:
         args.grid_lr = grid_lr
     if args.grid_step is None:
@@ -1609,7 +1641,11 @@ def check_args(parser, args, argv):
     if args.grid_max_grad_norm is None:
         args.grid_max_grad_norm = grid_max_grad_norm
     if args.out is None:
+        if args.pretrain_epochs:  # named (and set up) as the pre-trained LDF
+            args.pretrained = PRETRAIN_PENDING
         args.out = os.path.join("runs", "knapsack", *class_folder(vars(args)), run_name(vars(args)))
+    if args.pretrain_epochs:
+        args.pretrained = os.path.join(args.out, PRETRAIN_FOLDER, "fc.pt")
 
 
 def parse_args(argv=None):
@@ -1692,6 +1728,14 @@ def parse_args(argv=None):
         "--pretrained",
         metavar="CKPT",
         help="start LDF from this checkpoint's weights (the thesis' pre-trained LDF)",
+    )
+    g.add_argument(
+        "--pretrain-epochs",
+        type=common.positive_int,
+        metavar="N",
+        help="the thesis' Table 4 in one command: first train FC for N epochs (its settings: lr "
+        "1e-3, grad norm 10) into <out>/fc, then LDF from its selected checkpoint, as "
+        "--pretrained <out>/fc/fc.pt would (resumes both)",
     )
     g.add_argument(
         "--epochs",
@@ -1785,6 +1829,13 @@ def parse_args(argv=None):
         default="auto",
         help="bf16: bfloat16 autocast for the network (training and inference); auto: bf16 on "
         "CUDA and on CPUs with AMX or AVX-512 BF16, else fp32",
+    )
+    g.add_argument(
+        "--fused-adam",
+        action="store_true",
+        help="Adam's fused kernel: one pass over the weights a step instead of one per "
+        "operation, a faster epoch (bench/knapsack_train.py), but results differ from the "
+        "default Adam's in the last bits, so it is off by default",
     )
     g.add_argument(
         "--grid", action="store_true", help="run the Table 1 grid (lr x step x grad norm)"

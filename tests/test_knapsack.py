@@ -434,6 +434,17 @@ def test_multiplier_update_uses_training_violation(tmp_path):
     assert ck["multiplier"] == pytest.approx(1.0 + 1e-2 * nu_sum, rel=1e-5)
 
 
+def test_fused_adam_is_asked_for_and_a_setting_of_the_run(tmp_path):
+    assert "fused_adam" not in ks.resume_fingerprint(vars(ks.parse_args([])))  # old runs resume
+    assert ks.resume_fingerprint(vars(ks.parse_args(["--fused-adam"])))["fused_adam"] is True
+    out = tmp_path / "fused"
+    ks.main(tiny(tmp_path, "--model", "fc", "--out", str(out), "--epochs", "1", "--fused-adam"))
+    groups = torch.load(out / "last.pt", weights_only=False)["optimizer"]["param_groups"]
+    assert groups[0]["fused"] is True
+    with pytest.raises(SystemExit, match="fused_adam.*--fresh"):
+        ks.main(tiny(tmp_path, "--model", "fc", "--out", str(out), "--epochs", "2"))
+
+
 def test_pretrained_and_resume(tmp_path):
     fc = tmp_path / "fc"
     ks.main(tiny(tmp_path, "--model", "fc", "--out", str(fc), "--epochs", "2"))
@@ -454,6 +465,33 @@ def test_pretrained_and_resume(tmp_path):
     evaluated = json.loads((out / "results_ldf.json").read_text())  # beside, not over, results.json
     assert evaluated["test"] == res["test"]
     assert json.loads((out / "results.json").read_text())["history"] == res["history"]
+
+
+def test_pretrain_epochs_trains_fc_then_ldf_from_it_in_one_command(tmp_path, capsys):
+    out = tmp_path / "chain"
+    flags = tiny(tmp_path, "--pretrain-epochs", "2", "--epochs", "1", "--out", str(out))
+    ks.main(flags)
+    printed = capsys.readouterr().out
+    assert "| thesis fc |" in printed and "| thesis ldf-pretrained |" in printed
+    fc = json.loads((out / "fc" / "results.json").read_text())
+    assert fc["model"] == "fc" and fc["config"]["lr"] == ks.THESIS_SETTINGS["fc"]["lr"]
+    assert [h["epoch"] for h in fc["history"]] == [1, 2]
+    ldf = json.loads((out / "results.json").read_text())
+    assert ldf["model"] == "ldf-pretrained-fc2"
+    assert ldf["config"]["pretrained"] == str(out / "fc" / "fc.pt")
+    assert ldf["config"]["step"] == ks.THESIS_SETTINGS["ldf-pretrained"]["step"]
+    first = torch.load(out / "fc" / "fc.pt", weights_only=False)["model"]
+    weights = torch.load(out / "fc" / "last.pt", weights_only=False)["model"]
+    ks.main(flags)  # again: both runs resume at their last epoch and train no further
+    assert json.loads((out / "results.json").read_text())["history"] == ldf["history"]
+    again = torch.load(out / "fc" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(weights[name], again[name]) for name in weights)
+    assert all(torch.equal(first[name], again[name]) for name in first) == (
+        fc["selected_epoch"] == 2
+    )
+    default = ks.parse_args(["--pretrain-epochs", "15"])
+    assert default.out == os.path.join("runs", "knapsack", "ldf-pretrained-fc15")
+    assert default.pretrained == os.path.join(default.out, "fc", "fc.pt")
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -489,6 +527,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         ["--distribution", "similar-weights", "--range", "1000"],
         ["--distribution", "almost-strongly-correlated", "--range", "100"],
         ["--distribution", "no-such-class"],
+        ["--pretrain-epochs", "3", "--model", "fc"],
+        ["--pretrain-epochs", "3", "--grid"],
     ],
 )
 def test_bad_flags_are_argparse_errors(flags, capsys):

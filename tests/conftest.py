@@ -2,6 +2,7 @@
 tests; the CSP fixtures."""
 
 import gzip
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -99,3 +100,42 @@ def csp_data_copy(csp_data):
         return root
 
     return edit
+
+
+# ---------------------------------------------------------------- helpers the tests import
+# (from conftest import ...: pytest puts tests/ on sys.path)
+def knapsack_brute_force(w, v, capacity):
+    """(best value, best x) of a small 0/1 knapsack, by enumeration; exact int64 sums where the
+    weights and values are integers, floats otherwise."""
+    w, v = np.asarray(w), np.asarray(v)
+    exact = w.dtype.kind in "iu" and v.dtype.kind in "iu"
+    kind = np.int64 if exact else float
+    bits = np.array(list(itertools.product([0, 1], repeat=len(w))), dtype=kind)
+    weight, value = bits @ w.astype(kind), bits @ v.astype(kind)
+    fits = np.flatnonzero(weight <= capacity)
+    best = fits[np.argmax(value[fits])]  # (the empty set always fits)
+    return value[best], bits[best].astype(float)
+
+
+def knapsack_dp_value(w, v, capacity):
+    """Optimal value by dynamic programming over the capacity (integer weights)."""
+    best = np.zeros(int(np.floor(capacity)) + 1)
+    for wi, vi in zip(w.astype(np.int64), v, strict=True):
+        if wi < len(best):
+            best[wi:] = np.maximum(best[wi:], best[: len(best) - wi] + vi)
+    return best[-1]
+
+
+TINY_WEEK = 7  # days: the tiny CSP instance over a week
+
+
+def csp_tiny_week(folder, csp_tiny, seed):
+    """The tiny CSP instance over a week with a price drawn from `seed`: (inst, base, solar,
+    price, mip, schedule space, column costs)."""
+    import csp_ldf
+
+    inst, base, solar, price = csp_tiny(folder, days=TINY_WEEK)
+    price = price + 80 * np.random.default_rng(seed).standard_normal(len(price))
+    mip = csp_ldf.build_mip(inst, base, solar)
+    space = csp_ldf.schedule_space(mip)
+    return inst, base, solar, price, mip, space, csp_ldf.column_costs(mip, price)[0]

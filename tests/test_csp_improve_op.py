@@ -5,6 +5,7 @@ the schedule space; its batch; its checks of bad input; its registration (opchec
 import numpy as np
 import pytest
 import torch
+from conftest import csp_tiny_week
 
 import csp_ldf as C
 from csrc import csp as csp_op
@@ -14,16 +15,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 SEEDS = range(6)
-WEEK = 7
 SMALL_0_SCENARIOS = 3
 
 
 def tiny_case(folder, csp_tiny, seed):
-    """The tiny instance over a week with a price drawn from `seed`: (space, column costs)."""
-    inst, base, solar, price = csp_tiny(folder, days=WEEK)
-    price = price + 80 * np.random.default_rng(seed).standard_normal(len(price))
-    mip = C.build_mip(inst, base, solar)
-    return C.schedule_space(mip), C.column_costs(mip, price)[0]
+    """The tiny instance over a week (conftest.csp_tiny_week): (space, column costs)."""
+    return csp_tiny_week(folder, csp_tiny, seed)[5:]
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,12 @@ the warm start, checked by the independent checker. Fixtures (csp_tiny, csp_data
 
 import numpy as np
 import pytest
+from conftest import csp_tiny_week
 
 import csp_ldf as C
 from csrc import csp as csp_op
 
 SEEDS = range(6)
-WEEK = 7
 # improve() in Python and by the C++ op (csrc/csp_improve.h), which make the same moves
 IMPLEMENTATIONS = [
     pytest.param(False, id="python"),
@@ -20,16 +20,6 @@ IMPLEMENTATIONS = [
         ),
     ),
 ]
-
-
-def tiny_case(folder, csp_tiny, seed):
-    """The tiny instance over a week with a price drawn from `seed`: (inst, base, solar, price,
-    mip, space, column costs)."""
-    inst, base, solar, price = csp_tiny(folder, days=WEEK)
-    price = price + 80 * np.random.default_rng(seed).standard_normal(len(price))
-    mip = C.build_mip(inst, base, solar)
-    space = C.schedule_space(mip)
-    return inst, base, solar, price, mip, space, C.column_costs(mip, price)[0]
 
 
 def checked(inst, base, solar, price, space, chosen):
@@ -52,7 +42,7 @@ def checked(inst, base, solar, price, space, chosen):
 def test_greedy_and_improve_are_feasible_and_improve_never_costs_more(
     tmp_path, csp_tiny, seed, compiled
 ):
-    inst, base, solar, price, mip, space, cost = tiny_case(tmp_path, csp_tiny, seed)
+    inst, base, solar, price, mip, space, cost = csp_tiny_week(tmp_path, csp_tiny, seed)
     label = C.solve(mip, price, gap=0.0, time_limit=60)
     fallback = C.chosen_columns(space, label["recurring_start"], label["oneoff_start"])
     greedy, fell_back = C.price_greedy(space, cost, fallback)
@@ -84,7 +74,7 @@ def single_moves(space, chosen):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_improve_ends_in_a_local_optimum(tmp_path, csp_tiny, seed, compiled):
     """Enumeration through the checker finds no feasible single move that lowers the cost."""
-    inst, base, solar, price, mip, space, cost = tiny_case(tmp_path, csp_tiny, seed)
+    inst, base, solar, price, mip, space, cost = csp_tiny_week(tmp_path, csp_tiny, seed)
     start = np.full(space["n"], -1)
     start[: space["n_rec"]] = [space["by_class"][a][-1] for a in range(space["n_rec"])]
     assert checked(inst, base, solar, price, space, start)[1] == 0  # latest starts: feasible
@@ -104,7 +94,7 @@ def test_improve_starts_no_move_that_its_estimates_say_cannot_finish(
 ):
     """The budget is kept by prediction: a move starts only where the longest of its kind so
     far fits; the estimates never change what improve does without a budget."""
-    inst, base, solar, price, mip, space, cost = tiny_case(tmp_path, csp_tiny, seed)
+    inst, base, solar, price, mip, space, cost = csp_tiny_week(tmp_path, csp_tiny, seed)
     start = np.full(space["n"], -1)
     start[: space["n_rec"]] = [space["by_class"][a][-1] for a in range(space["n_rec"])]
     longest = {}
@@ -160,7 +150,7 @@ def test_highs_accepts_a_schedule_as_start_at_its_cost(tmp_path, csp_tiny):
     HiGHS held to its start columns reports the schedule's cost as its objective."""
     import highspy
 
-    inst, base, solar, price, mip, space, cost = tiny_case(tmp_path, csp_tiny, 0)
+    inst, base, solar, price, mip, space, cost = csp_tiny_week(tmp_path, csp_tiny, 0)
     greedy, _ = C.price_greedy(space, cost, np.full(space["n"], -1))
     recurring, oneoff = C.ClassSchedule(space, greedy).decisions()
     start = dict(recurring_start=recurring, oneoff_start=oneoff)
@@ -223,7 +213,7 @@ def test_once_off_min_cut_is_the_exact_once_off_optimum(tmp_path, csp_tiny, seed
     classes use different room sizes, so the cut's model is exact there)."""
     import highspy
 
-    inst, base, solar, price, mip, space, cost = tiny_case(tmp_path, csp_tiny, seed)
+    inst, base, solar, price, mip, space, cost = csp_tiny_week(tmp_path, csp_tiny, seed)
     greedy, _ = C.price_greedy(space, cost, np.full(space["n"], -1))
     schedule = C.ClassSchedule(space, greedy)
     C.place_once_off_exactly(schedule, cost)

@@ -8,6 +8,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from conftest import knapsack_brute_force, knapsack_dp_value
 
 import knapsack_ldf as ks
 from csrc import knapsack as exact
@@ -21,28 +22,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def brute_force_value(w, v, capacity):
-    bits = np.array(list(itertools.product([0, 1], repeat=len(w))), dtype=np.int64)
-    weight, value = bits @ w.astype(np.int64), bits @ v.astype(np.int64)
-    return value[weight <= capacity].max()
-
-
 def assert_optimal_at_shares(w, v, shares, case):
     """exact.solve at capacities floor(share * total weight): feasible, 0/1, brute force's value."""
     for share in shares:
         capacity = np.floor(share * w.sum())
         x = exact.solve(w, v, capacity)
         assert set(np.unique(x)) <= {0, 1} and x @ w <= capacity
-        assert x @ v == brute_force_value(w, v, capacity), (*case, share)
-
-
-def dp_value(w, v, capacity):
-    """Optimal value by dynamic programming over the capacity (integer weights)."""
-    best = np.zeros(int(np.floor(capacity)) + 1)
-    for wi, vi in zip(w.astype(np.int64), v, strict=True):
-        if wi < len(best):
-            best[wi:] = np.maximum(best[wi:], best[: len(best) - wi] + vi)
-    return best[-1]
+        assert x @ v == knapsack_brute_force(w, v, capacity)[0], (*case, share)
 
 
 def ranges_of(distribution):
@@ -61,7 +47,7 @@ def test_equals_brute_force_on_every_class(distribution):
             assert (status == exact.OPTIMAL).all()
             for i in range(len(w)):
                 assert x[i] @ w[i] <= capacity[i]
-                assert x[i] @ v[i] == brute_force_value(w[i], v[i], capacity[i]), (range_, i)
+                assert x[i] @ v[i] == knapsack_brute_force(w[i], v[i], capacity[i])[0], (range_, i)
 
 
 @pytest.mark.parametrize("distribution", ks.DISTRIBUTIONS)
@@ -81,7 +67,7 @@ def test_equals_dynamic_programming_over_the_capacity_at_n_500(distribution):
         assert (status == exact.OPTIMAL).all()
         for i in range(len(w)):
             assert x[i] @ w[i] <= capacity[i]
-            assert x[i] @ v[i] == dp_value(w[i], v[i], capacity[i]), (range_, i)
+            assert x[i] @ v[i] == knapsack_dp_value(w[i], v[i], capacity[i]), (range_, i)
 
 
 @pytest.mark.parametrize("distribution", ks.DISTRIBUTIONS)
@@ -192,7 +178,9 @@ def test_identical_items_bundled_at_n_500_equal_dp(random_items):
         capacity = np.floor(share * w.sum())
         x = exact.solve(w, v, capacity)
         assert set(np.unique(x)) <= {0, 1} and x @ w <= capacity
-        assert x @ v == dp_value(w, v, capacity) == ks.solve_core(w, v, capacity) @ v, share
+        assert x @ v == knapsack_dp_value(w, v, capacity) == ks.solve_core(w, v, capacity) @ v, (
+            share
+        )
 
 
 def multiples_of_ratios(rng, n_items, ratios, largest_multiple):
@@ -231,7 +219,7 @@ def test_items_of_two_ratios_at_n_500_equal_dp(largest_multiple):
         value = x @ v
         assert value == ks.solve_core(w, v, capacity) @ v, share
         if capacity <= DP_CAPACITY:
-            assert value == dp_value(w, v, capacity), share
+            assert value == knapsack_dp_value(w, v, capacity), share
 
 
 def test_batch_in_parallel_equals_one_at_a_time():

@@ -8,6 +8,7 @@ approximation ratio (AR) or by the *mu-loss* (label loss + mu * violation).
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -572,6 +573,25 @@ def resume_checkpoint(out, fingerprint, fresh):
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class LDFSettings:
+    """How train_ldf trains (each field as train_ldf's docstring describes it)."""
+
+    ldf: bool  # the multiplier term in the loss (LDF), or the label loss alone (FC)
+    epochs: int
+    patience: int
+    batch_size: int
+    max_grad_norm: float
+    lambda0: float
+    step: float
+    mus: tuple
+    select: str
+    track: tuple
+    seed: int
+    dual: str = "scalar"
+    dual_options: dict | None = None
+
+
 def train_ldf(
     model,
     optimizer,
@@ -579,27 +599,16 @@ def train_ldf(
     batch_loss,
     validate,
     out,
+    settings,
     *,
-    ldf,
-    epochs,
-    patience,
-    batch_size,
-    max_grad_norm,
-    lambda0,
-    step,
-    mus,
-    select,
-    track,
-    seed,
     saved,
     fingerprint,
     resume=None,
     violation_sum=None,
-    dual="scalar",
-    dual_options=None,
     training_violations=None,
 ):
-    """The Lagrangian dual framework's training loop (thesis Algorithm 1), for both problems.
+    """The Lagrangian dual framework's training loop (thesis Algorithm 1), for both problems,
+    as `settings` (LDFSettings) asks.
 
     Each epoch: Adam over shuffled mini-batches of `train_rows` (gradient norm clipped to
     `max_grad_norm`, 0 = no clipping); then validation; then, for LDF, one subgradient step of the
@@ -636,6 +645,19 @@ def train_ldf(
     Returns (state, path of the selected checkpoint)."""
     from tqdm import tqdm
 
+    ldf = settings.ldf
+    epochs = settings.epochs
+    patience = settings.patience
+    batch_size = settings.batch_size
+    max_grad_norm = settings.max_grad_norm
+    lambda0 = settings.lambda0
+    step = settings.step
+    mus = settings.mus
+    select = settings.select
+    track = settings.track
+    seed = settings.seed
+    dual = settings.dual
+    dual_options = settings.dual_options
     if select not in track:
         raise ValueError(f"select={select!r} must be one of track={track}")
     if dual not in DUALS:

@@ -2336,6 +2336,21 @@ def train(args, ds, run_dir):
         dual_options = {"rho": cfg["rho"]}
     elif args.dual == "dual-net":  # the dual network reads the scenario's input series
         dual_options = {"features": x.flatten(1), "dual_lr": args.dual_lr}
+    settings = common.LDFSettings(
+        ldf=ldf,
+        epochs=args.epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        max_grad_norm=args.max_grad_norm,  # (the thesis' misspelt config key never clipped)
+        lambda0=args.lambda0,
+        step=step,  # eq. 20: lambda_b += step * sum of nu_b over the epoch's batches
+        mus=(args.mu,),
+        select=select,
+        track=(select,),
+        seed=args.seed,
+        dual=args.dual if ldf else "scalar",
+        dual_options=dual_options,
+    )
     try:
         _, selected = common.train_ldf(
             model,
@@ -2344,22 +2359,10 @@ def train(args, ds, run_dir):
             batch_loss,
             validate,
             run_dir,
-            ldf=ldf,
-            epochs=args.epochs,
-            patience=args.patience,
-            batch_size=args.batch_size,
-            max_grad_norm=args.max_grad_norm,  # (the thesis' misspelt config key never clipped)
-            lambda0=args.lambda0,
-            step=step,  # eq. 20: lambda_b += step * sum of nu_b over the epoch's batches
-            mus=[args.mu],
-            select=select,
-            track=[select],
-            seed=args.seed,
+            settings,
             saved={"norm": norm, "config": cfg, "scenarios": scen},
             fingerprint=fingerprint,
             resume=resume,
-            dual=args.dual if ldf else "scalar",
-            dual_options=dual_options,
         )
     except common.TrainingDiverged as err:
         raise SystemExit(str(err)) from None

@@ -1004,6 +1004,21 @@ def train(args, data, out):
     track = ["ar", "loss"] + (mu_names if ldf else [])  # the thesis' stopping criteria
     select = selection(args)
     saved = {"norm": norm, "config": config, "n_items": n}
+    settings = common.LDFSettings(
+        ldf=ldf,
+        epochs=args.epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        max_grad_norm=args.max_grad_norm,
+        lambda0=args.lambda0,
+        step=args.step,
+        mus=tuple(args.mu),
+        select=select,
+        track=tuple(track),
+        seed=args.seed,
+        dual=args.dual,
+        dual_options=dual_options(args, x_norm),
+    )
     try:
         return common.train_ldf(
             model,
@@ -1012,23 +1027,11 @@ def train(args, data, out):
             loss_of,
             validate,
             out,
-            ldf=ldf,
-            epochs=args.epochs,
-            patience=args.patience,
-            batch_size=args.batch_size,
-            max_grad_norm=args.max_grad_norm,
-            lambda0=args.lambda0,
-            step=args.step,
-            mus=args.mu,
-            select=select,
-            track=track,
-            seed=args.seed,
+            settings,
             saved=saved,
             fingerprint=resume_fingerprint(config),
             resume=resume,
             violation_sum=training_violation_sum if ldf else None,
-            dual=args.dual,
-            dual_options=dual_options(args, x_norm),
             training_violations=(lambda: training_violations().cpu().numpy()) if ldf else None,
         )
     except common.TrainingDiverged as err:

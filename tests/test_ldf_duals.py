@@ -89,7 +89,9 @@ def train(problem, out, dual, fresh=True, separate_pass=True, **settings):
         options["dual_options"] = {"rho": RHO}
     if dual == "dual-net":
         options["dual_options"] = {"features": problem.x, "dual_lr": DUAL_LR}
-    resume = common.resume_checkpoint(out, options["fingerprint"], fresh)
+    saved = options.pop("saved")
+    fingerprint = options.pop("fingerprint")
+    resume = common.resume_checkpoint(out, fingerprint, fresh)
     return common.train_ldf(
         problem.model,
         problem.optimizer,
@@ -97,10 +99,11 @@ def train(problem, out, dual, fresh=True, separate_pass=True, **settings):
         problem.batch_loss,
         problem.validate,
         out,
+        common.LDFSettings(dual=dual, **options),
+        saved=saved,
+        fingerprint=fingerprint,
         resume=resume,
-        dual=dual,
         training_violations=problem.training_violations if separate_pass else None,
-        **options,
     )
 
 
@@ -210,17 +213,19 @@ def test_scalar_is_the_default_and_unchanged(tmp_path):
         plain.batch_loss,
         plain.validate,
         tmp_path / "plain",
-        ldf=True,
-        epochs=2,
-        patience=100,
-        batch_size=BATCH,
-        max_grad_norm=1.0,
-        lambda0=LAMBDA0,
-        step=STEP,
-        mus=[0.0],
-        select="mu0",
-        track=["ar", "mu0"],
-        seed=0,
+        common.LDFSettings(
+            ldf=True,
+            epochs=2,
+            patience=100,
+            batch_size=BATCH,
+            max_grad_norm=1.0,
+            lambda0=LAMBDA0,
+            step=STEP,
+            mus=[0.0],
+            select="mu0",
+            track=["ar", "mu0"],
+            seed=0,
+        ),
         saved={},
         fingerprint={"toy": "scalar"},
         resume=resume,

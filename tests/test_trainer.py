@@ -82,7 +82,9 @@ def train(problem, out, fresh=True, **settings):
         "fingerprint": {"toy": 1},
     }
     options.update(settings)
-    resume = common.resume_checkpoint(out, options["fingerprint"], fresh)
+    saved = options.pop("saved")
+    fingerprint = options.pop("fingerprint")
+    resume = common.resume_checkpoint(out, fingerprint, fresh)
     return common.train_ldf(
         problem.model,
         problem.optimizer,
@@ -90,9 +92,11 @@ def train(problem, out, fresh=True, **settings):
         problem.batch_loss,
         problem.validate,
         out,
+        common.LDFSettings(**options),
+        saved=saved,
+        fingerprint=fingerprint,
         resume=resume,
         violation_sum=problem.violation_sum,
-        **options,
     )
 
 
@@ -116,17 +120,19 @@ def test_without_a_separate_pass_the_step_uses_the_epochs_batches(tmp_path):
         problem.batch_loss,
         problem.validate,
         tmp_path,
-        ldf=True,
-        epochs=1,
-        patience=5,
-        batch_size=16,
-        max_grad_norm=0.0,
-        lambda0=2.0,
-        step=0.5,
-        mus=[],
-        select="ar",
-        track=["ar"],
-        seed=0,
+        common.LDFSettings(
+            ldf=True,
+            epochs=1,
+            patience=5,
+            batch_size=16,
+            max_grad_norm=0.0,
+            lambda0=2.0,
+            step=0.5,
+            mus=[],
+            select="ar",
+            track=["ar"],
+            seed=0,
+        ),
         saved={},
         fingerprint={},
         resume=resume,

@@ -1228,7 +1228,7 @@ def read_labels(paths, fingerprint, folder):
             raise SystemExit(
                 f"{path}: this label was made from other inputs or solver settings than the "
                 f"other labels of {folder} (see its config.json): delete the file, or keep it in "
-                "a label folder of its own (--out)"
+                "a label folder of its own (--labels-dir)"
             )
         labels.append(label)
     return labels
@@ -1256,7 +1256,7 @@ def _label_config(out, config):
     if old and "fingerprint" not in old:
         raise SystemExit(
             f"{path}: no fingerprint of the inputs (made by a csp_ldf.py before fingerprints): "
-            "delete the folder to make its labels again, or use another --out"
+            "delete the folder to make its labels again, or use another --labels-dir"
         )
     differ = sorted(key for key in set(old) | set(config) if old and old.get(key) != config[key])
     if differ:
@@ -1267,8 +1267,8 @@ def _label_config(out, config):
             else "inputs (the instance file, the price series or the loads)"
         )
         raise SystemExit(
-            f"{out} holds labels made with other {what} ({path}): use another --out, or delete "
-            "the folder to make them again"
+            f"{out} holds labels made with other {what} ({path}): use another --labels-dir, or "
+            "delete the folder to make them again"
         )
     atomic_write_json(path, config)
 
@@ -1897,7 +1897,8 @@ def _check_label_shapes(label, path, inst, n_slots):
         if np.shape(label[key]) != shape:
             raise SystemExit(
                 f"{path}: a label of another instance ({key} of shape {np.shape(label[key])}, "
-                f"expected {shape}): delete it, or pass the --out and --instance it belongs to"
+                f"expected {shape}): delete it, or pass the --labels-dir and --instance it "
+                "belongs to"
             )
 
 
@@ -1919,8 +1920,8 @@ def load_dataset(inst, base, solar, folder, seed=0, limit=None, price=None, data
         if now != fingerprint:
             raise SystemExit(
                 f"{folder}: these labels were made from other inputs (the instance file, the "
-                "price series or the loads) than this run's: pass another --out, or delete the "
-                "folder and make the labels again with --mode labels"
+                "price series or the loads) than this run's: pass another --labels-dir, or delete "
+                "the folder and make the labels again with --mode labels"
             )
     packed, reference_label = [], None
     manifest = read_manifest(dataset) if dataset and price is not None else {}
@@ -1928,7 +1929,7 @@ def load_dataset(inst, base, solar, folder, seed=0, limit=None, price=None, data
         if fingerprint and fingerprint != manifest["fingerprint"]:
             raise SystemExit(
                 f"{folder} and {dataset} hold labels made with other inputs or settings: "
-                "delete the label folder (or pass another --out)"
+                "delete the label folder (or pass another --labels-dir)"
             )
         now = label_fingerprint(
             inst, base, solar, price, manifest["seed"], manifest["block"], manifest["solve"]
@@ -3254,7 +3255,7 @@ def markdown(results):
 def run(args, ds):
     """Train, copy the selected checkpoint to --save (default <model>.pt), evaluate it on the
     test split."""
-    run_dir = Path(args.run_dir or f"runs/csp-{args.model}")
+    run_dir = Path(args.out or f"runs/csp-{args.model}")
     save = Path(args.save or f"{args.model}.pt")
     with common.folder_lock(run_dir, "this run folder"):  # a second run waits for the first
         selected = train(args, ds, run_dir)
@@ -3301,7 +3302,7 @@ NETWORK_OPTIONS = (
     ("max-grad-norm", nonnegative_float, 1.0, "gradient clipping (thesis 1; 0 = off)"),
     ("k", positive_float, 20.0, "sharpness of the one-hot surrogate, eq. 16"),
     ("mu", nonnegative_float, 1.0, "mu of the LDF selection mu-loss, eq. 15"),
-    ("torch-threads", nonnegative_int, 0, "torch CPU threads (0 = torch's default)"),
+    ("threads", nonnegative_int, 0, "torch CPU threads (0 = torch's default)"),
     ("conv", positive_int_list, "64,128,64", "conv channels"),
     ("kernels", positive_int_list, "8,5,3", "as the thesis code"),
     ("pool", positive_int, 32, "max-pool width"),
@@ -3323,7 +3324,7 @@ OPTION_MODES = {
     "block": (*READING_LABELS, "labels", "figure2", "upgrade-dataset"),
     "seed": (*READING_LABELS, "labels", "figure2", "upgrade-dataset"),
     "max_labels": READING_LABELS,
-    "out": (*READING_LABELS, "labels"),
+    "labels_dir": (*READING_LABELS, "labels"),
     "dataset": (*READING_LABELS, "labels", "upgrade-dataset"),
     "cluster": ("labels",),
     "instances": ("labels",),
@@ -3332,7 +3333,7 @@ OPTION_MODES = {
     "solver": SOLVING,
     "gap": SOLVING,
     "time_limit": SOLVING,
-    "threads": SOLVING,
+    "solver_threads": SOLVING,
     "model": ("train",),
     "dual": ("train",),
     "rho": ("train",),
@@ -3340,12 +3341,12 @@ OPTION_MODES = {
     "pretrained": ("train",),
     "save": ("train",),
     "fresh": ("train",),
-    "run_dir": READING_LABELS,
+    "out": READING_LABELS,
     "checkpoints": ("evaluate",),
     "decode": READING_LABELS,
     "highs_limits": ("evaluate",),
     "bf16": READING_LABELS,
-    "torch_threads": READING_LABELS,
+    "threads": READING_LABELS,
 }
 LDF_ONLY = ("step", "lambda0", "k", "mu", "dual", "rho", "dual_lr")  # fc: no multiplier, no nu_b
 SERIES_SLOTS = NOVEMBER_DAYS * DAY  # the networks' input length
@@ -3473,7 +3474,9 @@ def parse_args(argv=None):
         "--shard", default="0/1", help="k/n: label only scenarios i with i %% n == k (job arrays)"
     )
     s.add_argument(
-        "--out", default="data/csp_labels", help="label folder (default data/csp_labels)"
+        "--labels-dir",
+        default="data/csp_labels",
+        help="folder of new labels (default data/csp_labels)",
     )
     s.add_argument(
         "--dataset",
@@ -3494,7 +3497,10 @@ def parse_args(argv=None):
         "--time-limit", type=positive_float, default=300.0, help="seconds per label (default 300)"
     )
     s.add_argument(
-        "--threads", type=positive_int, default=1, help="solver threads per worker (default 1)"
+        "--solver-threads",
+        type=positive_int,
+        default=1,
+        help="solver threads per worker (default 1)",
     )
     t = p.add_argument_group("networks (thesis 4.3-4.4)")
     t.add_argument(
@@ -3506,10 +3512,10 @@ def parse_args(argv=None):
     )
     t.add_argument("--save", help="the selected checkpoint (default <model>.pt)")
     t.add_argument(
-        "--run-dir", help="last.pt, best_*.pt, results.{json,md} (default runs/csp-<model>)"
+        "--out", help="run folder: last.pt, best_*.pt, results.{json,md} (default runs/csp-<model>)"
     )
     t.add_argument(
-        "--fresh", action="store_true", help="start over instead of resuming <run-dir>/last.pt"
+        "--fresh", action="store_true", help="start over instead of resuming <out>/last.pt"
     )
     t.add_argument(
         "--checkpoints",
@@ -3590,10 +3596,10 @@ def run_mode(args):
     loads_file = data_file(data, FORECAST_FILE if args.loads == "forecast" else ACTUAL_FILE)
     raw_files = raw_file_hashes(data, [instance_path, data_file(data, PRICE_FILE), loads_file])
     solve_kw = dict(
-        solver=args.solver, gap=args.gap, time_limit=args.time_limit, threads=args.threads
+        solver=args.solver, gap=args.gap, time_limit=args.time_limit, threads=args.solver_threads
     )
     name = f"{inst['name']}-{args.loads}-block{args.block}-seed{args.seed}"
-    labels = Path(args.out) / name
+    labels = Path(args.labels_dir) / name
     dataset = Path(args.dataset) / name
     if args.mode in READING_LABELS:
         ds = load_dataset(
@@ -3605,7 +3611,7 @@ def run_mode(args):
         checkpoints = dict(c.split("=", 1) for c in args.checkpoints)
         results = evaluate(ds, checkpoints, args.bf16, args.decode)
         baselines = no_learning(ds, args.highs_limits)
-        out = Path(args.run_dir or "runs/csp")
+        out = Path(args.out or "runs/csp")
         tables = markdown(results) + "\n\n" + table10(results, baselines, len(ds["split"]["test"]))
         atomic_write_json(out / "tables.json", results)
         atomic_write_json(out / "table10.json", baselines)
@@ -3650,8 +3656,8 @@ def run_mode(args):
 def main(argv=None):
     args = parse_args(argv)
     set_seed(args.seed)
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         run_mode(args)
     except (InputError, SolverError) as err:

@@ -80,8 +80,8 @@ def train_pair(ds, size, args, folder):
         run_dir = folder / f"{model}-{size or 'all'}"
         flags = [
             "--model", model, "--epochs", str(epochs), "--patience", str(epochs),
-            "--batch-size", str(args.batch_size), "--torch-threads", str(args.torch_threads),
-            "--seed", str(args.seed), "--run-dir", str(run_dir),
+            "--batch-size", str(args.batch_size), "--threads", str(args.torch_threads),
+            "--seed", str(args.seed), "--out", str(run_dir),
             *(pretrained or args.network.split()),
         ]  # fmt: skip
         started = time.perf_counter()

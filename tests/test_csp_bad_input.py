@@ -215,10 +215,12 @@ def test_labels_of_another_price_series_are_refused(labelled, tmp_path):
     inst, base, solar, price = (labelled[key] for key in ("inst", "base", "solar", "price"))
     folder = copy_of(labelled, tmp_path)
     other = price * 1.5
-    expected = "labels made with other inputs .* use another --out, or delete the folder"
+    expected = "labels made with other inputs .* use another --labels-dir, or delete the folder"
     with pytest.raises(SystemExit, match=expected):
         C.generate_labels(inst, base, solar, other, folder, n=5, **LABELS)
-    with pytest.raises(SystemExit, match="made from other inputs .* another --out, or delete"):
+    with pytest.raises(
+        SystemExit, match="made from other inputs .* another --labels-dir, or delete"
+    ):
         C.load_dataset(inst, base, solar, folder, price=other)
     with pytest.raises(SystemExit, match=r"other settings \(seed\)"):
         C.generate_labels(inst, base, solar, price, folder, n=5, **{**LABELS, "seed": 5})
@@ -345,7 +347,7 @@ def test_a_knapsack_checkpoint_gets_one_sentence(ds, tmp_path):
     expected = "knapsack.pt: a knapsack checkpoint .*not a class scheduling checkpoint"
     with pytest.raises(SystemExit, match=expected):
         C.evaluate(ds, {"fc": checkpoint})
-    args = C.parse_args(["--pretrained", str(checkpoint), "--run-dir", str(tmp_path / "run")])
+    args = C.parse_args(["--pretrained", str(checkpoint), "--out", str(tmp_path / "run")])
     with pytest.raises(SystemExit, match=expected):
         C.train(args, ds, tmp_path / "run")
 
@@ -354,7 +356,7 @@ def test_a_corrupt_last_checkpoint_is_named(ds, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "last.pt").write_bytes(b"garbage")
-    args = C.parse_args(["--run-dir", str(run_dir)])
+    args = C.parse_args(["--out", str(run_dir)])
     with pytest.raises(SystemExit, match="last.pt: not a readable"):
         C.train(args, ds, run_dir)
 

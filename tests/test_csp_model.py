@@ -14,7 +14,7 @@ import csp_ldf as C
 from bench.csp_inference import conv1d_net
 
 TINY_ARCH = "--conv 4,4,4 --kernels 3,3,3 --pool 8 --mixer 16,16 --head 8,8".split()
-TINY_TRAINING = ["--batch-size", "4", "--torch-threads", "1"]
+TINY_TRAINING = ["--batch-size", "4", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_splits_stay_put_as_labels_grow_and_leaks_are_refused(ds, tmp_path):
     leaky = dict(model={}, config=config, norm={}, scenarios=dict(train=list(range(8))))
     torch.save(leaky, tmp_path / "leaky.pt")
     run_dir = tmp_path / "run"
-    args = C.parse_args(["--pretrained", str(tmp_path / "leaky.pt"), "--run-dir", str(run_dir)])
+    args = C.parse_args(["--pretrained", str(tmp_path / "leaky.pt"), "--out", str(run_dir)])
     with pytest.raises(SystemExit, match="validation/test scenarios"):
         C.train(args, ds, run_dir)
 
@@ -135,7 +135,7 @@ def test_tiny_fc_then_ldf_end_to_end(ds, tmp_path, capsys, monkeypatch):
         return clip(parameters, max_norm)
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
-    fc_dir = ["--run-dir", str(tmp_path / "fc"), "--save", str(tmp_path / "fc.pt")]
+    fc_dir = ["--out", str(tmp_path / "fc"), "--save", str(tmp_path / "fc.pt")]
     fc = C.parse_args(["--model", "fc", "--epochs", "2", *fc_dir, *TINY_ARCH, *TINY_TRAINING])
     r = C.run(fc, ds)
     assert (tmp_path / "fc.pt").exists() and (tmp_path / "fc" / "last.pt").exists()
@@ -148,11 +148,9 @@ def test_tiny_fc_then_ldf_end_to_end(ds, tmp_path, capsys, monkeypatch):
         assert improved["feasible_pct"] == 100 and improved["ms_max"] > 0
         assert improved["excess_mean"] <= r["fc"]["redispatched"]["excess_mean"] + 1e-9
     assert clipped and clipped == [1.0] * steps  # every step clipped
-    ldf_dir = ["--run-dir", str(tmp_path / "ldf"), "--save", str(tmp_path / "ldf.pt")]
+    ldf_dir = ["--out", str(tmp_path / "ldf"), "--save", str(tmp_path / "ldf.pt")]
     pretrained = ["--pretrained", str(tmp_path / "fc.pt")]
-    ldf = C.parse_args(
-        [*pretrained, "--epochs", "2", *ldf_dir, "--step", "1", "--torch-threads", "1"]
-    )
+    ldf = C.parse_args([*pretrained, "--epochs", "2", *ldf_dir, "--step", "1", "--threads", "1"])
     assert ldf.model == "ldf" and ldf.lr == 1e-3 and ldf.step == 1 and ldf.max_grad_norm == 1.0
     r = C.run(ldf, ds)
     ck = torch.load(tmp_path / "ldf" / "last.pt", weights_only=False)
@@ -172,12 +170,12 @@ def test_ldf_dual_variants_train_and_resume(ds, tmp_path, dual):
     (or the dual network's, for every scenario) stay >= 0 and move; a resumed run goes on from the
     dual state of its last.pt; a last.pt of another variant is refused."""
     fc = C.parse_args(
-        ["--model", "fc", "--epochs", "1", "--run-dir", str(tmp_path / "fc"),
+        ["--model", "fc", "--epochs", "1", "--out", str(tmp_path / "fc"),
          "--save", str(tmp_path / "fc.pt"), *TINY_ARCH, *TINY_TRAINING]
     )  # fmt: skip
     C.train(fc, ds, tmp_path / "fc")
     (tmp_path / "fc.pt").write_bytes((tmp_path / "fc" / "best_ar.pt").read_bytes())
-    run = ["--pretrained", str(tmp_path / "fc.pt"), "--run-dir", str(tmp_path / "ldf")]
+    run = ["--pretrained", str(tmp_path / "fc.pt"), "--out", str(tmp_path / "ldf")]
     ldf = C.parse_args([*run, "--epochs", "1", "--dual", dual, *TINY_TRAINING])
     n_train = len(ds["split"]["train"])
     per_instance = dual in C.PER_INSTANCE_DUALS  # step resolved in train: STEP x scenarios

@@ -46,6 +46,7 @@ EVAL_SEED_OFFSET = 7  # fresh instances of other sizes (--eval-items) are drawn 
 SPLIT_SEED_OFFSET = 1  # the train/val/test shuffle is drawn with seed + 1
 QUINTILES = 5
 TRAIN_SHARE = 0.8  # the 80 of the 80/10/10 split
+TRAIN_VAL_SHARE = 0.9  # the 80 + 10 of it: the test split is the rest
 
 # The thesis' selected hyper-parameters (section 3.3), used where a flag is not given.
 THESIS_SETTINGS = {
@@ -249,7 +250,8 @@ def make_instances(
 def split(n_instances, seed):
     """Seeded shuffle into 80/10/10 train/val/test index arrays."""
     perm = np.random.default_rng(seed + SPLIT_SEED_OFFSET).permutation(n_instances)
-    n_train, n_train_val = int(TRAIN_SHARE * n_instances), int(0.9 * n_instances)
+    n_train = int(TRAIN_SHARE * n_instances)
+    n_train_val = int(TRAIN_VAL_SHARE * n_instances)
     return {
         "train": np.sort(perm[:n_train]),
         "val": np.sort(perm[n_train:n_train_val]),

@@ -3302,7 +3302,7 @@ NETWORK_OPTIONS = (
     ("max-grad-norm", nonnegative_float, 1.0, "gradient clipping (thesis 1; 0 = off)"),
     ("k", positive_float, 20.0, "sharpness of the one-hot surrogate, eq. 16"),
     ("mu", nonnegative_float, 1.0, "mu of the LDF selection mu-loss, eq. 15"),
-    ("threads", nonnegative_int, 0, "torch CPU threads (0 = torch's default)"),
+    ("threads", nonnegative_int, 0, "torch threads (0: the cores this process may use)"),
     ("conv", positive_int_list, "64,128,64", "conv channels"),
     ("kernels", positive_int_list, "8,5,3", "as the thesis code"),
     ("pool", positive_int, 32, "max-pool width"),
@@ -3656,8 +3656,7 @@ def run_mode(args):
 def main(argv=None):
     args = parse_args(argv)
     set_seed(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.set_threads(args.threads or None)  # as knapsack_ldf.py: 0 = the cores it may use
     try:
         run_mode(args)
     except (InputError, SolverError) as err:

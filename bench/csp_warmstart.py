@@ -10,7 +10,12 @@ solved from both starts, one after the other, for each --gaps.
 
 With --record, each scenario's times are written to that JSON file as it finishes (atomically) and
 a later run with the same file skips the scenarios already there, so that a run of hours can be
-stopped and resumed, across sessions; the table covers every recorded scenario.
+stopped and resumed, across sessions; the table covers every recorded scenario. --part K/N runs
+every N-th of the scenarios from the K-th, so that N processes (one a core) share one --record:
+each merges its scenarios into the file under a lock.
+
+    python bench/csp_warmstart.py --checkpoint fc.pt --scenarios 200 --record ws.json --part 0/2 &
+    python bench/csp_warmstart.py --checkpoint fc.pt --scenarios 200 --record ws.json --part 1/2
 
 Time it on a quiet machine: the load average is printed with the figures (and recorded).
 """
@@ -26,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import csp_ldf as C  # noqa: E402
-from common import atomic_write_json  # noqa: E402
+from common import atomic_write_json, folder_lock  # noqa: E402
 
 DATASET_LABELS = 2000  # the labels of Tables 7-10 (their 200 test scenarios)
 TIME_LIMIT = 300.0  # seconds a solve, as the labels'
@@ -48,6 +53,34 @@ def improved_starts(ds, rows, checkpoint, space, costs):
     return C.improved_classes(space, costs, recurring, oneoff)[:2]
 
 
+def part(text):
+    """--part K/N: the K-th of N interleaved parts of the scenarios (0 <= K < N)."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--part {text!r}: give K/N, e.g. 0/2") from None
+    if n < 1 or not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"--part {text!r}: need 0 <= K < N")
+    return k, n
+
+
+def read_record(path):
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {"scenarios": {}}
+
+
+def merge_into_record(path, settings, key, times):
+    """Add one scenario's times to the record file, re-read under a lock so that parallel parts
+    keep each other's scenarios."""
+    with folder_lock(os.path.dirname(os.path.abspath(path)), what=f"--record {path}"):
+        record = read_record(path)
+        record["settings"] = settings
+        record["scenarios"][key] = times
+        atomic_write_json(path, record)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--instance", default="phase2_instance_small_0")
@@ -56,6 +89,9 @@ def main():
     p.add_argument("--checkpoint", help="a CSP network (default: greedy + improve)")
     p.add_argument("--torch-threads", type=int, default=1)
     p.add_argument("--record", help="JSON file of per-scenario times: resumed, then extended")
+    p.add_argument(
+        "--part", type=part, default=(0, 1), help="K/N: every N-th scenario from the K-th"
+    )
     args = p.parse_args()
     C.torch.set_num_threads(args.torch_threads)
 
@@ -76,10 +112,7 @@ def main():
     improved_name = (
         f"{Path(args.checkpoint).stem} + improve" if args.checkpoint else "greedy + improve"
     )
-    record = {"scenarios": {}}
-    if args.record and os.path.exists(args.record):
-        with open(args.record) as f:
-            record = json.load(f)
+    record = read_record(args.record)
     settings = {"checkpoint": args.checkpoint, "gaps": args.gaps, "start": improved_name}
     settings["ejection_targets"] = C.EJECTION_TARGETS
     if record.get("settings", settings) != settings:
@@ -87,11 +120,11 @@ def main():
             f"--record {args.record}: made with {record['settings']}, not {settings}; "
             "give another file"
         )
-    record["settings"] = settings
     print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores); {len(rows)} test scenarios")
+    k, n = args.part
     for j, i in enumerate(rows):
         key = str(ds["index"][i])
-        if key in record["scenarios"]:
+        if j % n != k or key in record["scenarios"]:
             continue
         starts = {
             "reference label": reference,
@@ -111,10 +144,15 @@ def main():
                 row += f"  {start_name} {100 * gap:g} % {took:5.1f} s"
         record["scenarios"][key] = times
         if args.record:
-            atomic_write_json(args.record, record)
+            merge_into_record(args.record, settings, key, times)
         print(row, flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-    done = [record["scenarios"][str(ds["index"][i])] for i in rows]
+    if args.record:
+        record = read_record(args.record)  # with the other parts' scenarios
+    keys = [str(ds["index"][i]) for i in rows]
+    done = [record["scenarios"][key] for key in keys if key in record["scenarios"]]
+    if len(done) < len(keys):
+        print(f"{len(keys) - len(done)} of {len(keys)} scenarios not recorded yet (other parts)")
     loads = [times["load"] for times in done]
     print(f"{len(done)} scenarios, load {min(loads):.2f}-{max(loads):.2f} when each began")
     print("| start | proven gap | mean s | median s | max s | reached within the limit |")

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from csp_data import load_labels  # noqa: E402
+
 import csp_ldf as C  # noqa: E402
 
 DATASET_LABELS = 2000  # the labels of Tables 7-10 (their 200 test scenarios)
@@ -50,16 +52,9 @@ def main():
     if not C.csp_op.available():
         raise SystemExit("bench/csp_improve.py: the C++ op ldf_ip::csp_improve cannot run here")
 
-    data = C.find_data_dir(None)
-    price = C.read_price(data)
-    inst = C.read_instance(data / "instances" / f"{args.instance}.txt")
-    base, solar = C.read_loads(data, "forecast")
-    name = f"{inst['name']}-forecast-block{C.DAY}-seed0"
-    folder = Path("data/csp_labels") / name
-    dataset = Path(C.__file__).parent / C.DATASET_FOLDER / name
-    ds = C.load_dataset(inst, base, solar, folder, 0, DATASET_LABELS, price, dataset=dataset)
+    ds = load_labels(DATASET_LABELS, instance=args.instance)
     rows = ds["split"]["test"][: args.scenarios]
-    mip = C.build_mip(inst, base, solar)
+    mip = C.build_mip(ds["inst"], ds["base"], ds["solar"])
     space = C.schedule_space(mip)
     costs = C.column_costs(mip, ds["price"][rows])
     found = starts(ds, rows, space, costs, args.checkpoint)

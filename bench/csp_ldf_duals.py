@@ -28,12 +28,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from csp_data import load_labels  # noqa: E402
+
 import common  # noqa: E402
 import csp_ldf as C  # noqa: E402
 
 RESULTS = os.path.join("bench", "results", "csp")
 RUNS = os.path.join("runs", "csp_ldf_duals")
-INSTANCE = "phase2_instance_small_0"
 DEFAULT_LABELS = 2000  # Tables 7-10's labels
 DUAL_EPOCHS = 3
 BATCH_SIZE = 8  # as ldf.pt of Tables 7-10
@@ -64,18 +65,6 @@ def parse_args(argv=None):
         "--plot-only", action="store_true", help="redraw the .png from the .json.gz, then stop"
     )
     return p.parse_args(argv)
-
-
-def load_labels(max_labels, seed):
-    """The committed small_0 dataset (and any newer labels in data/csp_labels), first max_labels."""
-    data = C.find_data_dir(None)
-    price = C.read_price(data)
-    inst = C.read_instance(data / "instances" / f"{INSTANCE}.txt")
-    base, solar = C.read_loads(data, "forecast")
-    name = f"{inst['name']}-forecast-block{C.DAY}-seed{seed}"
-    folder = Path("data/csp_labels") / name
-    dataset = Path(C.__file__).parent / C.DATASET_FOLDER / name
-    return C.load_dataset(inst, base, solar, folder, seed, max_labels, price, dataset=dataset)
 
 
 def variant_flags(args, dual):

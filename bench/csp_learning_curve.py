@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from csp_data import load_labels  # noqa: E402
+
 import common  # noqa: E402
 import csp_ldf as C  # noqa: E402
 
@@ -176,14 +178,7 @@ def main():
     sizes = size_list(args.sizes)
     C.torch.set_num_threads(args.torch_threads)
 
-    data = C.find_data_dir(args.data_dir)
-    price = C.read_price(data)
-    inst = C.read_instance(data / "instances" / "phase2_instance_small_0.txt")
-    base, solar = C.read_loads(data, "forecast")
-    name = f"{inst['name']}-forecast-block{C.DAY}-seed{args.seed}"
-    folder = Path("data/csp_labels") / name
-    dataset = Path(C.__file__).parent / C.DATASET_FOLDER / name
-    ds = C.load_dataset(inst, base, solar, folder, args.seed, None, price, dataset=dataset)
+    ds = load_labels(None, seed=args.seed, data_dir=args.data_dir)
     runs = Path(args.runs)
     out = Path(args.out)
     done_path = runs / "curve.json"

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from csp_data import load_labels  # noqa: E402
+
 import csp_ldf as C  # noqa: E402
 from common import atomic_write_json, folder_lock  # noqa: E402
 
@@ -95,16 +97,9 @@ def main():
     args = p.parse_args()
     C.torch.set_num_threads(args.torch_threads)
 
-    data = C.find_data_dir(None)
-    price = C.read_price(data)
-    inst = C.read_instance(data / "instances" / f"{args.instance}.txt")
-    base, solar = C.read_loads(data, "forecast")
-    name = f"{inst['name']}-forecast-block{C.DAY}-seed0"
-    folder = Path("data/csp_labels") / name
-    dataset = Path(C.__file__).parent / C.DATASET_FOLDER / name
-    ds = C.load_dataset(inst, base, solar, folder, 0, DATASET_LABELS, price, dataset=dataset)
+    ds = load_labels(DATASET_LABELS, instance=args.instance)
     rows = ds["split"]["test"][: args.scenarios]
-    mip = C.build_mip(inst, base, solar)
+    mip = C.build_mip(ds["inst"], ds["base"], ds["solar"])
     space = C.schedule_space(mip)
     costs = C.column_costs(mip, ds["price"][rows])
     recurring, oneoff = improved_starts(ds, rows, args.checkpoint, space, costs)

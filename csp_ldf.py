@@ -13,6 +13,8 @@ The file follows the thesis, each section using only what is defined above it:
 - 4.4 schedules without learning (greedy, min-cut once-offs) and the local improvement (also a
   C++ op, csrc/csp_improve.h, that makes the same moves);
 - 4.4 evaluate: decodes (raw, repaired, redispatched, improved), Tables 7-10;
+- labels from a network's start (--start-from): the MIP warm-started from a trained network's
+  improved schedule, so that a model speeds up the making of its own next labels;
 - the command line and main.
 
 Time: 2880 slots of 15 min, November 2020 AEDT; slot t is day t // 96 (day 0 = Sunday 1 November)
@@ -1159,6 +1161,9 @@ LABEL_FILE_KEYS = ("price", *LABEL_KEYS, "index", "fixed_cost")  # what every la
 INSTANCE_ARRAYS = ("rooms", "large", "load", "dur", "value", "penalty", "cap", "m", "eff")
 INSTANCE_NUMBERS = ("n_rec", "n_oneoff", "n_small", "n_large", "days", "first_weekday")
 CONFIG_KEYS = ("instance", "seed", "block", "fingerprint")  # config.json; the rest: solver settings
+# A label's start where it records none: the reference label's classes (every label before
+# --start-from). A label made from another start records its name ("start": NetworkStarts).
+REFERENCE_START = "reference"
 # how a label is solved (_solve_highs), part of every label set's fingerprint
 LABEL_METHOD = (
     f"LP bound; MIP on the LP support, the warm start and the {CANDIDATE_COLUMNS} starts of lowest "
@@ -1391,6 +1396,7 @@ def label_row(label):
         price_hash=price_hash(label["price"]),
     )
     row["solver"] = str(label["solver"])
+    row["start"] = str(label.get("start", REFERENCE_START))
     return row
 
 
@@ -1538,6 +1544,8 @@ def _write_shard(dataset, first, labels):
     atomic_write_bytes(dataset / name, data)
     rows = [label_row(label) for label in labels]
     columns = {key: [row[key] for row in rows] for key in MANIFEST_LABEL_KEYS}
+    if any(row["start"] != REFERENCE_START for row in rows):  # (a shard of before: no column)
+        columns["start"] = [row["start"] for row in rows]
     return dict(
         file=name,
         sha256=hashlib.sha256(data).hexdigest(),
@@ -1659,26 +1667,37 @@ def read_dataset(dataset, fingerprint, price, limit=None):
 _WORKER = {}  # per solver process: fingerprint -> the MIP of the label set it works on
 
 
-def label_scenario(cfg, i):
-    """Label scenario i of the label set `cfg`, warm-started from its reference label -> (i, price,
-    label); the scenario from the set's STL parts (cfg["parts"]). Runs in a Dask worker process (or
-    in this one); the MIP is built once per process and label set, and reused for every
-    scenario."""
+def label_mip(cfg):
+    """The MIP of the label set `cfg`, built once per process and label set (_WORKER)."""
     cached = _WORKER.get(cfg["fingerprint"])
     if cached is None:
         _WORKER.clear()
         cached = build_mip(cfg["inst"], cfg["base"], cfg["solar"])
         _WORKER[cfg["fingerprint"]] = cached
-    mip = cached
+    return cached
+
+
+def label_scenario(cfg, i, start=None):
+    """Label scenario i of the label set `cfg`, warm-started from `start` (a class schedule and
+    its name, "start", which the label then records), or where None from the set's reference
+    label -> (i, price, label); the scenario from the set's STL parts (cfg["parts"]). Runs in a
+    Dask worker process (or in this one); the MIP is built once per process and label set, and
+    reused for every scenario."""
+    mip = label_mip(cfg)
     price, _ = price_scenario(cfg["parts"], cfg["block"], cfg["seed"], i)
-    label = solve(mip, price, start=cfg["reference"], **cfg["solve"])
+    label = solve(mip, price, start=cfg["reference"] if start is None else start, **cfg["solve"])
+    if start is not None:
+        label["start"] = start["start"]
     return i, price, label
 
 
 def save_scenario(cfg, i, price, label):
-    """Check a solved scenario's schedule and write it atomically to out/label_#####.npz."""
+    """Check a solved scenario's schedule and write it atomically to out/label_#####.npz, with
+    its start where that is not the reference label."""
     provenance = dict(index=i, seed=cfg["seed"], block=cfg["block"], fingerprint=cfg["fingerprint"])
     provenance["fixed_cost"] = fixed_cost(price, cfg["base"], cfg["solar"])
+    if "start" in label:
+        provenance["start"] = label["start"]
     path = cfg["out"] / f"label_{i:05d}.npz"
     save_label(path, label, price, cfg["inst"], cfg["base"], cfg["solar"], **provenance)
 
@@ -1686,27 +1705,30 @@ def save_scenario(cfg, i, price, label):
 IN_FLIGHT_PER_THREAD = 2  # tasks given to the cluster at once, per worker thread
 
 
-def solve_on_dask(task, todo, workers, cluster):
-    """Yield (i, price, label) as a Dask cluster solves the scenarios `todo`: the scheduler at
-    `cluster` (or $LDF_DASK_SCHEDULER), else a local cluster of `workers` processes. Dask runs a
-    killed worker's tasks again elsewhere; this process writes every result, so each scenario is
-    written once. A few tasks are in flight at a time, so that Ctrl-C or an error stops soon."""
+def solve_on_dask(task, starts, workers, cluster):
+    """Yield (i, price, label) as a Dask cluster solves the scenarios of `starts`, pairs (i, start)
+    (label_scenario): the scheduler at `cluster` (or $LDF_DASK_SCHEDULER), else a local cluster of
+    `workers` processes. Dask runs a killed worker's tasks again elsewhere; this process writes
+    every result, so each scenario is written once. A few tasks are in flight at a time, so that
+    Ctrl-C or an error stops soon (and starts are made only as their tasks are sent)."""
     from dask.distributed import as_completed
 
     import csp_ldf  # workers import this module by name and keep its _WORKER cache
 
     with common.dask_client(workers, cluster) as client:
-        waiting = iter(todo)
+        waiting = iter(starts)
         running = as_completed()
 
         def top_up():  # the window grows with the cluster (batch-system workers join late)
             threads = sum(client.nthreads().values())
             while running.count() < IN_FLIGHT_PER_THREAD * max(threads, workers):
-                i = next(waiting, None)
-                if i is None:
+                pair = next(waiting, None)
+                if pair is None:
                     return
+                i, start = pair
                 key = f"csp-label-{task['fingerprint'][:12]}-{i}"
-                running.add(client.submit(csp_ldf.label_scenario, task, i, key=key, pure=False))
+                future = client.submit(csp_ldf.label_scenario, task, i, start, key=key, pure=False)
+                running.add(future)
 
         top_up()
         for future in running:
@@ -1714,16 +1736,18 @@ def solve_on_dask(task, todo, workers, cluster):
             top_up()
 
 
-def _solve(cfg, todo, workers, cluster, progress):
+def _solve(cfg, todo, workers, cluster, progress, starts=None):
     """Yield (i, price, label) for the scenarios `todo` as they are solved, with a progress bar:
-    in this process (workers=1 and no cluster), else on Dask (solve_on_dask)."""
+    in this process (workers=1 and no cluster), else on Dask (solve_on_dask). starts: as
+    generate_labels'; None: every scenario from the reference label."""
     from tqdm import tqdm
 
     task = {key: value for key, value in cfg.items() if key != "out"}
+    pairs = ((i, None) for i in todo) if starts is None else starts(cfg, todo)
     if workers == 1 and not (cluster or os.environ.get(common.SCHEDULER_VARIABLE)):
-        solved = (label_scenario(task, i) for i in todo)
+        solved = (label_scenario(task, i, start) for i, start in pairs)
     else:
-        solved = solve_on_dask(task, todo, workers, cluster)
+        solved = solve_on_dask(task, pairs, workers, cluster)
     bar = tqdm(
         solved,
         total=len(todo),
@@ -1769,6 +1793,9 @@ def label_summary(out, fingerprint=None, dataset=None):
         solver=sorted({row["solver"] for row in rows}),
         status={status: statuses.count(status) for status in sorted(set(statuses))},
     )
+    starts = [row.get("start", REFERENCE_START) for row in rows]
+    if set(starts) != {REFERENCE_START}:  # (every label from the reference label: as before)
+        summary["start"] = {start: starts.count(start) for start in sorted(set(starts))}
     atomic_write_json(out / "summary.json", summary)
     return summary
 
@@ -1777,13 +1804,14 @@ def summary_text(summary):
     """The labels summary in words (--mode labels prints it above its JSON form)."""
     if not summary:
         return "no labels yet"
+    starts = f"; starts {summary['start']}" if "start" in summary else ""
     return (
         f"{summary['labels']} labels ({summary['in_dataset']} in the dataset's shards); seconds "
         f"per label mean {summary['seconds_mean']:.1f}, median {summary['seconds_median']:.1f}, "
         f"max {summary['seconds_max']:.1f}; proven gap on the total cost mean "
         f"{100 * summary['gap_mean']:.2f} %, max {100 * summary['gap_max']:.2f} % "
         f"({summary['gap_dollars_mean']:.1f} $ mean), on the controllable cost median "
-        f"{100 * summary['gap_controllable_median']:.0f} %; statuses {summary['status']}\n"
+        f"{100 * summary['gap_controllable_median']:.0f} %; statuses {summary['status']}{starts}\n"
         f"this run: {summary['this_run_labels']} labels with {summary['this_run_workers']} "
         f"worker(s), {summary['this_run_labels_per_hour']:.0f} labels per hour"
     )
@@ -1806,6 +1834,7 @@ def generate_labels(
     cluster=None,
     loads="forecast",
     raw_files=None,
+    starts=None,
     **solve_kw,
 ):
     """Label this shard's scenarios of 0..n-1 that neither `dataset` nor `out` holds yet into
@@ -1814,10 +1843,21 @@ def generate_labels(
     SHARD_SCENARIOS scenarios is packed into a shard there (pack_shards). Workers: this process
     (workers=1, no cluster) or Dask (solve_on_dask). Returns the summary (also summary.json).
     raw_files: {name: SHA-256} of the raw data files, recorded in a new dataset's manifest.
+    starts: None (the reference label), or starts(cfg, todo) -> pairs (i, start) for the
+    scenarios `todo` in their order, each start a class schedule (recurring_start, oneoff_start)
+    and its name ("start"), which its label records (--start-from: NetworkStarts); the starts are
+    made in this process, as the solves need them.
 
     The folder's config.json and every label carry the fingerprint of the inputs and settings
     (label_fingerprint): a folder made from others is refused. A second run on the folder waits
-    for the first (a lock), then solves only what is left; temporaries of killed writes go."""
+    for the first (a lock), then solves only what is left; temporaries of killed writes go.
+
+    The start is not part of the fingerprint, so a folder (and its dataset) may hold labels of
+    several starts, and a run with another start resumes it: a start changes which schedule
+    within the gap HiGHS returns and how soon, never the MIP, the price scenario or the gap that
+    every label is proven within and checked against. So a network's starts can extend the
+    dataset of the labels it was trained on; each label records its start (label_row: the
+    manifest's "start" column, the summary's "start" counts)."""
     started = time.perf_counter()
     out = Path(out)
     fingerprint = label_fingerprint(inst, base, solar, price, seed, block, solve_kw)
@@ -1851,7 +1891,7 @@ def generate_labels(
         if dataset:
             pack_shards(cfg, dataset, n)
         solved = 0
-        for i, scenario, label in _solve(cfg, todo, workers, cluster, progress):
+        for i, scenario, label in _solve(cfg, todo, workers, cluster, progress, starts):
             save_scenario(cfg, i, scenario, label)
             solved += 1
             if dataset and _shard_complete(cfg, dataset, i, n):
@@ -1870,6 +1910,7 @@ def generate_labels(
 NEG = -1e9  # logit of a start that the solver's columns rule out
 ARCH = ("conv", "kernels", "pool", "mixer", "head")  # the network options a checkpoint keeps
 INPUT_SERIES = ("price", "base", "solar")  # the network's input channels
+INSTANCE_BUFFERS = ("feats", "mask_rec", "mask_one")  # what a network keeps of its instance
 TEST_SHARE = 0.1
 VALIDATION_SHARE = 0.1
 # per label: the dataset array and its dtype
@@ -2122,9 +2163,11 @@ def load_csp_checkpoint(path, what="checkpoint"):
 
 def checkpoint_model(ds, checkpoint, path):
     """The network of a CSP checkpoint with its weights; one sentence when they do not fit this
-    instance (another instance, or weights of another architecture)."""
+    instance (another instance, or weights of another architecture), also where the shapes fit
+    but the instance the network keeps (INSTANCE_BUFFERS) is another one."""
     try:
         model = make_model(ds, checkpoint["config"])
+        own = {name: getattr(model, name).clone() for name in INSTANCE_BUFFERS}
         model.load_state_dict(checkpoint["model"])
     except (RuntimeError, ValueError, TypeError, KeyError) as err:
         first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
@@ -2132,6 +2175,13 @@ def checkpoint_model(ds, checkpoint, path):
             f"{path}: its weights do not fit instance {ds['inst']['name']} ({type(err).__name__}: "
             f"{first_line}); train a model on this instance's labels"
         ) from None
+    other = [name for name in INSTANCE_BUFFERS if not torch.equal(getattr(model, name), own[name])]
+    if other:
+        raise SystemExit(
+            f"{path}: a network of another instance than {ds['inst']['name']} (its "
+            f"{', '.join(other)} differ: the classes' and batteries' features or allowed starts); "
+            "train a model on this instance's labels"
+        )
     return model
 
 
@@ -3267,6 +3317,58 @@ def run(args, ds):
     return results
 
 
+# ================================================================ labels from a network's start
+START_BATCH = 32  # --start-from: the scenarios the network predicts at once
+START_HASH_CHARS = 16  # the checkpoint's SHA-256 in a label's start name, shortened as price_hash
+
+
+class NetworkStarts:
+    """--start-from CHECKPOINT: generate_labels' starts. Each scenario's MIP starts from the
+    network's classes for it, repaired (repaired_decode; where a recurring class fits nowhere, the
+    reference label's classes) and improved to a local optimum under its column costs
+    (improved_classes), as bench/csp_warmstart.py makes them; START_BATCH scenarios predicted at
+    once. The network stays in this process (only the starts go to Dask's workers). A label made
+    from it records the start's name: the checkpoint's file name and its SHA-256's first
+    START_HASH_CHARS hex digits ("fc.pt:0123456789abcdef")."""
+
+    def __init__(self, path, inst, base, solar, price):
+        """Read the checkpoint: one sentence naming the file where it is missing, corrupt, of
+        another problem (load_csp_checkpoint) or of another instance (checkpoint_model)."""
+        checkpoint = load_csp_checkpoint(path, "checkpoint (--start-from)")
+        real = dict(inst=inst, base=base, solar=solar, price=np.atleast_2d(price))
+        self.model = checkpoint_model(real, checkpoint, path)
+        self.norm = checkpoint["norm"]
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        self.name = f"{Path(path).name}:{digest[:START_HASH_CHARS]}"
+
+    def schedules(self, mip, space, prices, fallback):
+        """The improved network schedules of the price scenarios `prices` (scenarios, slots) ->
+        (recurring_start, oneoff_start) arrays, a row a scenario; `fallback`: the reference
+        label's classes (recurring_start, oneoff_start)."""
+        inst = mip["inst"]
+        scenarios = dict(inst=inst, base=mip["base"], solar=mip["solar"], price=prices)
+        scenarios["fallback"] = fallback
+        out = predict(self.model, inputs(scenarios, self.norm), batch=START_BATCH)
+        recurring, oneoff, _, _ = repaired_decode(out, scenarios)
+        costs = column_costs(mip, prices)
+        recurring, oneoff, _ = improved_classes(space, costs, recurring, oneoff)
+        return recurring, oneoff
+
+    def __call__(self, cfg, todo):
+        """Yield (i, start) for the scenarios `todo` of the label set `cfg`, in their order, a
+        batch of START_BATCH at a time as they are asked for."""
+        mip = label_mip(cfg)
+        space = schedule_space(mip)
+        reference = cfg["reference"]
+        fallback = (reference["recurring_start"], reference["oneoff_start"])
+        for first in range(0, len(todo), START_BATCH):
+            batch = todo[first : first + START_BATCH]
+            prices = [price_scenario(cfg["parts"], cfg["block"], cfg["seed"], i)[0] for i in batch]
+            recurring, oneoff = self.schedules(mip, space, np.stack(prices), fallback)
+            for i, rec, one in zip(batch, recurring, oneoff, strict=True):
+                yield i, dict(recurring_start=rec, oneoff_start=one, start=self.name)
+
+
 # ================================================================ command line
 def positive_int_list(text):
     """'64,128,64' -> (64, 128, 64), each > 0."""
@@ -3286,6 +3388,7 @@ int_list = positive_int_list  # (the name bench/csp_heads.py uses)
 
 EPILOG = """examples (see README):
   python csp_ldf.py --mode labels --instances 1000 --workers 2
+  python csp_ldf.py --mode labels --instances 3000 --start-from fc.pt   # warm-started by a network
   python csp_ldf.py --model fc; python csp_ldf.py --pretrained fc.pt
   python csp_ldf.py --mode evaluate --checkpoints fc=fc.pt ldf=ldf.pt   # Tables 7-9"""
 
@@ -3330,6 +3433,7 @@ OPTION_MODES = {
     "instances": ("labels",),
     "workers": ("labels",),
     "shard": ("labels",),
+    "start_from": ("labels",),
     "solver": SOLVING,
     "gap": SOLVING,
     "time_limit": SOLVING,
@@ -3404,6 +3508,13 @@ def check_args(p, args, given):
             f"--pretrained: no such file {args.pretrained}; make the FC network first: "
             f"python csp_ldf.py --model fc --save {args.pretrained}"
         )
+    if args.start_from and not os.path.isfile(args.start_from):
+        p.error(
+            f"--start-from: no such file {args.start_from}; give a CSP checkpoint of this "
+            "instance, e.g. fc.pt (python csp_ldf.py --model fc)"
+        )
+    if args.start_from and args.solver == "gurobi":
+        p.error("--start-from warm-starts HiGHS; --solver gurobi takes no start: drop one")
     for named in args.checkpoints:
         name, _, path = named.partition("=")
         if not name or not path:
@@ -3483,6 +3594,13 @@ def parse_args(argv=None):
         default=DATASET_FOLDER,
         help=f"label dataset kept in the repository, read first (default {DATASET_FOLDER});\n"
         "complete shards of new labels are added to it",
+    )
+    s.add_argument(
+        "--start-from",
+        metavar="CKPT",
+        help="a CSP checkpoint of this instance, e.g. fc.pt: each label's MIP starts from\n"
+        "the network's schedule, repaired and improved (default: the reference label's);\n"
+        "each label records its start",
     )
     s.add_argument(
         "--solver", choices=["highs", "gurobi"], default="highs", help="gurobi falls back to HiGHS"
@@ -3632,6 +3750,9 @@ def run_mode(args):
             f"thesis on small_0: {THESIS_SMALL0} (Gurobi, gap 0.88%; must be within 1%)"
         )
     else:
+        starts = None
+        if args.start_from:  # read before any solve, so that a bad checkpoint stops at once
+            starts = NetworkStarts(args.start_from, inst, base, solar, price)
         summary = generate_labels(
             inst,
             base,
@@ -3647,6 +3768,7 @@ def run_mode(args):
             cluster=args.cluster,
             loads=args.loads,
             raw_files=raw_files,
+            starts=starts,
             **solve_kw,
         )
         print(summary_text(summary))

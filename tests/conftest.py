@@ -102,6 +102,25 @@ def csp_data_copy(csp_data):
     return edit
 
 
+@pytest.fixture(scope="session")
+def csp_tiny_checkpoint(tmp_path_factory, csp_tiny):
+    """A CSP network of the tiny instance over a week (csp_tiny's series; csp_tiny_week's instance
+    too), trained for one epoch (FC) on six of its labels -> the checkpoint's path."""
+    import csp_ldf
+
+    folder = tmp_path_factory.mktemp("tiny_network")
+    inst, base, solar, price = csp_tiny(folder, days=TINY_WEEK)
+    labels = folder / "labels"
+    solve = dict(gap=0.0, time_limit=30)
+    csp_ldf.generate_labels(
+        inst, base, solar, price, labels, n=6, seed=1, workers=1, progress=False, **solve
+    )
+    ds = csp_ldf.load_dataset(inst, base, solar, labels)
+    run = folder / "run"
+    training = ["--model", "fc", "--epochs", "1", "--out", str(run), *TINY_ARCH, *TINY_TRAINING]
+    return csp_ldf.train(csp_ldf.parse_args(training), ds, run)
+
+
 # ---------------------------------------------------------------- helpers the tests import
 # (from conftest import ...: pytest puts tests/ on sys.path)
 def knapsack_brute_force(w, v, capacity):
@@ -127,6 +146,9 @@ def knapsack_dp_value(w, v, capacity):
 
 
 TINY_WEEK = 7  # days: the tiny CSP instance over a week
+# a CSP network small enough to train on the tiny instance in seconds
+TINY_ARCH = "--conv 4,4,4 --kernels 3,3,3 --pool 8 --mixer 16,16 --head 8,8".split()
+TINY_TRAINING = ["--batch-size", "4", "--threads", "1"]
 
 
 def csp_tiny_week(folder, csp_tiny, seed):

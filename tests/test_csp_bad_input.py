@@ -361,6 +361,44 @@ def test_a_corrupt_last_checkpoint_is_named(ds, tmp_path):
         C.train(args, ds, run_dir)
 
 
+@pytest.mark.parametrize("content", [b"", b"garbage" * 10])
+def test_an_unreadable_start_checkpoint_is_named(labelled, tmp_path, content, capsys):
+    """--start-from: the checkpoint is read before any solve; a broken one stops the command with
+    one sentence naming it."""
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(content)
+    series = (labelled[key] for key in ("inst", "base", "solar", "price"))
+    with pytest.raises(SystemExit, match="model.pt: not a readable checkpoint \\(--start-from\\)"):
+        C.NetworkStarts(checkpoint, *series)
+    flags = ["--mode", "labels", "--start-from", str(checkpoint), "--workers", "1"]
+    labels = tmp_path / "labels"
+    with pytest.raises(SystemExit, match="model.pt: not a readable checkpoint"):
+        C.main([*flags, "--labels-dir", str(labels), "--dataset", str(tmp_path / "dataset")])
+    assert not labels.exists()  # nothing solved, nothing written
+
+
+def test_a_start_checkpoint_of_another_problem_or_instance_is_named(
+    tmp_path, csp_tiny, csp_tiny_checkpoint
+):
+    """--start-from with a knapsack checkpoint, or a CSP one of another instance: of other shapes
+    (fewer days) or of the same shapes (other class values), one sentence naming the file."""
+    knapsack = tmp_path / "knapsack.pt"
+    torch.save(
+        {"model": {}, "config": {}, "norm": {}, "fingerprint": {"problem": "knapsack"}}, knapsack
+    )
+    inst, base, solar, price = csp_tiny(tmp_path, days=7)
+    with pytest.raises(SystemExit, match="knapsack.pt: a knapsack checkpoint"):
+        C.NetworkStarts(knapsack, inst, base, solar, price)
+    name = csp_tiny_checkpoint.name
+    fewer_days = csp_tiny(tmp_path, days=3)
+    with pytest.raises(SystemExit, match=f"{name}: its weights do not fit instance tiny"):
+        C.NetworkStarts(csp_tiny_checkpoint, *fewer_days)
+    other_values = dict(inst, value=inst["value"] + 1)
+    with pytest.raises(SystemExit, match=f"{name}: a network of another instance than tiny"):
+        C.NetworkStarts(csp_tiny_checkpoint, other_values, base, solar, price)
+    C.NetworkStarts(csp_tiny_checkpoint, inst, base, solar, price)  # its own instance
+
+
 # ---------------------------------------------------------------- data folder and flags
 def test_a_data_dir_without_instances_is_an_error(tmp_path, monkeypatch):
     """It fell back to another data folder without a word."""
@@ -411,6 +449,12 @@ def test_a_corrupt_compressed_tsf_names_the_file(tmp_path):
             "--save missing.pt",
         ),
         (["--mode", "evaluate", "--checkpoints", "fc=missing.pt"], "no such file missing.pt"),
+        (["--start-from", "fc.pt"], "--mode train does not use --start-from"),
+        (["--mode", "validate", "--start-from", "fc.pt"], "does not use --start-from"),
+        (
+            ["--mode", "labels", "--start-from", "missing.pt"],
+            "--start-from: no such file missing.pt",
+        ),
     ],
 )
 def test_flags_that_do_nothing_or_cannot_work_are_errors(flags, message, capsys):
@@ -418,6 +462,16 @@ def test_flags_that_do_nothing_or_cannot_work_are_errors(flags, message, capsys)
         C.parse_args(flags)
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_start_checkpoint_beside_gurobi_is_an_error(tmp_path, capsys):
+    checkpoint = tmp_path / "fc.pt"
+    checkpoint.write_bytes(b"")
+    with pytest.raises(SystemExit):
+        C.parse_args(["--mode", "labels", "--start-from", str(checkpoint), "--solver", "gurobi"])
+    assert "--start-from warm-starts HiGHS; --solver gurobi takes no start" in (
+        capsys.readouterr().err
+    )
 
 
 def test_architecture_flags_beside_pretrained_are_errors(tmp_path, capsys):

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import TINY_WEEK
 
 import csp_ldf as C
 
@@ -100,6 +101,22 @@ def test_a_killed_worker_loses_and_duplicates_nothing(tmp_path, csp_tiny, small_
         decisions = [label[key] for key in C.DECISION_KEYS]
         cost, bad = C.check_schedule(inst, base, solar, scenario, *decisions)
         assert not any(bad.values()) and cost == pytest.approx(label["objective"], rel=1e-9)
+
+
+def test_network_starts_go_to_the_workers(tmp_path, csp_tiny, csp_tiny_checkpoint):
+    """--start-from on Dask: the starts are made in this process and sent with the tasks (the
+    network stays here); the workers' labels record them."""
+    inst, base, solar, price = csp_tiny(tmp_path, days=TINY_WEEK)
+    starts = C.NetworkStarts(csp_tiny_checkpoint, inst, base, solar, price)
+    out = tmp_path / "labels"
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
+        summary = C.generate_labels(
+            inst, base, solar, price, out, 3, seed=3, progress=False,
+            cluster=cluster.scheduler_address, starts=starts, **SOLVE,
+        )  # fmt: skip
+    assert summary["labels"] == 3 and summary["start"] == {starts.name: 3}
+    for i in range(3):
+        assert C.load_label(out / f"label_{i:05d}.npz")["start"] == starts.name
 
 
 def label_in_process(tmp_path, csp_tiny, n, **kw):

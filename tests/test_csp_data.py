@@ -3,11 +3,13 @@ resumable labels. Fixtures (csp_data, csp_tiny, csp_tiny_text): conftest.py."""
 
 import hashlib
 import itertools
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_WEEK
 
 import csp_ldf as C
 
@@ -201,6 +203,40 @@ def test_labels_resume_without_duplicates(tmp_path, csp_tiny):
             assert np.array_equal(a[k], b[k]), k
     with pytest.raises(SystemExit, match="other settings"):
         C.generate_labels(inst, base, solar, price, tmp_path / "a", **{**kw, "seed": 5})
+
+
+def test_labels_from_a_network_start_are_feasible_within_the_gap_and_say_so(
+    tmp_path, csp_tiny, csp_tiny_checkpoint, monkeypatch
+):
+    """--start-from: labels warm-started by a network pass the checker within the gap and record
+    their start, in the label file and in the dataset's manifest; the folder resumes from the
+    reference label (harmless: the fingerprint is the same), whose labels record no start, as
+    before."""
+    monkeypatch.setattr(C, "SHARD_SCENARIOS", 3)
+    inst, base, solar, price = csp_tiny(tmp_path, days=TINY_WEEK)
+    starts = C.NetworkStarts(csp_tiny_checkpoint, inst, base, solar, price)
+    monkeypatch.setattr(C, "START_BATCH", 1)  # two batches: 0, 1
+    gap = 0.01
+    out, dataset = tmp_path / "labels", tmp_path / "dataset"
+    kw = dict(n=3, seed=4, workers=1, progress=False, gap=gap, time_limit=30, dataset=dataset)
+    summary = C.generate_labels(inst, base, solar, price, out, limit=2, starts=starts, **kw)
+    assert summary["start"] == {starts.name: 2}
+    assert f"starts {{'{starts.name}': 2}}" in C.summary_text(summary)
+    for i in range(2):
+        label = C.load_label(out / f"label_{i:05d}.npz")
+        decisions = [label[key] for key in C.DECISION_KEYS]
+        cost, bad = C.check_schedule(inst, base, solar, label["price"], *decisions)
+        assert not any(bad.values()) and cost == pytest.approx(label["objective"], rel=1e-9)
+        assert label["gap"] <= gap and label["status"] in ("optimal", "within_gap")
+        assert label["start"] == starts.name
+    summary = C.generate_labels(inst, base, solar, price, out, **kw)  # resumed: the reference
+    assert summary["start"] == {"reference": 1, starts.name: 2}
+    label = C.load_label(out / "label_00002.npz")
+    assert set(label) == {*C.LABEL_FILE_KEYS, "seed", "block", "fingerprint"}  # as before
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["shards"][0]["labels"]["start"] == [starts.name, starts.name, "reference"]
+    ds = C.load_dataset(inst, base, solar, tmp_path / "fresh", seed=4, price=price, dataset=dataset)
+    assert list(ds["index"]) == [0, 1, 2]
 
 
 # ---------------------------------------------------------------- the real data

@@ -9,12 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_ARCH, TINY_TRAINING
 
 import csp_ldf as C
 from bench.csp_inference import conv1d_net
-
-TINY_ARCH = "--conv 4,4,4 --kernels 3,3,3 --pool 8 --mixer 16,16 --head 8,8".split()
-TINY_TRAINING = ["--batch-size", "4", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")

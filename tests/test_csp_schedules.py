@@ -145,20 +145,17 @@ def test_batched_battery_dispatch_is_the_dp(csp_data):
             assert costs[j] == pytest.approx(one_cost) and (states[j] == one_states).all()
 
 
-def test_highs_accepts_a_schedule_as_start_at_its_cost(tmp_path, csp_tiny):
-    """The warm start: an improved schedule as HiGHS' start vector satisfies every row, and
-    HiGHS held to its start columns reports the schedule's cost as its objective."""
+def highs_at_start(inst, base, solar, price, mip, space, start):
+    """The start's checked cost, after checking that its start vector satisfies every row and that
+    HiGHS, held to its start columns and given it as its solution, reports that cost."""
     import highspy
 
-    inst, base, solar, price, mip, space, cost = csp_tiny_week(tmp_path, csp_tiny, 0)
-    greedy, _ = C.price_greedy(space, cost, np.full(space["n"], -1))
-    recurring, oneoff = C.ClassSchedule(space, greedy).decisions()
-    start = dict(recurring_start=recurring, oneoff_start=oneoff)
+    chosen = C.chosen_columns(space, start["recurring_start"], start["oneoff_start"])
     x0 = C.start_vector(mip, start)
     rows = mip["A"] @ x0
     assert (rows >= mip["row_lo"] - 1e-9).all() and (rows <= mip["row_hi"] + 1e-9).all()
     column_cost, offset, _ = C.objective(mip, price)
-    expected, bad = checked(inst, base, solar, price, space, greedy)
+    expected, bad = checked(inst, base, solar, price, space, chosen)
     assert bad == 0 and column_cost @ x0 + offset == pytest.approx(expected)
     h = C.highs_model(mip, True, 1)
     n = len(x0)
@@ -175,8 +172,38 @@ def test_highs_accepts_a_schedule_as_start_at_its_cost(tmp_path, csp_tiny):
     h.run()
     assert h.getModelStatus() == highspy.HighsModelStatus.kOptimal
     assert h.getInfo().objective_function_value == pytest.approx(expected)
+    return expected
+
+
+def test_highs_accepts_a_schedule_as_start_at_its_cost(tmp_path, csp_tiny):
+    """The warm start: an improved schedule as HiGHS' start vector satisfies every row, and
+    HiGHS held to its start columns reports the schedule's cost as its objective."""
+    inst, base, solar, price, mip, space, cost = csp_tiny_week(tmp_path, csp_tiny, 0)
+    greedy, _ = C.price_greedy(space, cost, np.full(space["n"], -1))
+    recurring, oneoff = C.ClassSchedule(space, greedy).decisions()
+    start = dict(recurring_start=recurring, oneoff_start=oneoff)
+    expected = highs_at_start(inst, base, solar, price, mip, space, start)
     # and unheld, from that start, HiGHS ends no worse than it
     label = C.solve_highs(mip, price, gap=0.0, time_limit=60, start=start)
+    assert label["objective"] <= expected + 1e-6
+
+
+def test_highs_accepts_a_network_start_at_its_cost(tmp_path, csp_tiny, csp_tiny_checkpoint):
+    """--start-from: a network's improved schedules for a batch of price scenarios
+    (NetworkStarts.schedules) are feasible starts that HiGHS accepts at their cost; from one, the
+    labels' solve ends no worse than it."""
+    inst, base, solar, price, mip, space, cost = csp_tiny_week(tmp_path, csp_tiny, 0)
+    starts = C.NetworkStarts(csp_tiny_checkpoint, inst, base, solar, price)
+    assert starts.name.startswith(f"{csp_tiny_checkpoint.name}:")
+    greedy, _ = C.price_greedy(space, cost, np.full(space["n"], -1))
+    fallback = C.ClassSchedule(space, greedy).decisions()
+    prices = np.stack([csp_tiny_week(tmp_path, csp_tiny, seed)[3] for seed in SEEDS[:3]])
+    recurring, oneoff = starts.schedules(mip, space, prices, fallback)
+    assert recurring.shape == (3, inst["n_rec"]) and oneoff.shape == (3, inst["n_oneoff"])
+    for scenario, rec, one in zip(prices, recurring, oneoff, strict=True):
+        start = dict(recurring_start=rec, oneoff_start=one, start=starts.name)
+        expected = highs_at_start(inst, base, solar, scenario, mip, space, start)
+    label = C.solve_highs(mip, scenario, gap=0.0, time_limit=60, start=start)
     assert label["objective"] <= expected + 1e-6
 
 
